@@ -1,0 +1,1 @@
+from .vmunet import VMUNet, VMUnet
