@@ -157,12 +157,55 @@ def is_available() -> bool:
 
 
 def _can_run_on(t: torch.Tensor) -> bool:
-    return _triton_importable() and (t.is_cuda or (_interpreting() and t.device.type == "cpu"))
+    # the device check comes first so that probing a CPU tensor never imports triton
+    return (t.is_cuda or (t.device.type == "cpu" and _interpreting())) and _triton_importable()
+
+
+def _vectorise_interpreter_scan() -> None:
+    """Make the Triton *interpreter*'s generic ``associative_scan`` step along the scan axis only.
+
+    The interpreter (``TRITON_INTERPRET=1``, CPU tests) calls the combine function once per element in
+    Python; calling it once per position along the scan axis on whole numpy slices gives the same
+    sequential-order result about a hundred times faster. Only the interpreter is touched, and only
+    when it has the expected internals; compiled GPU kernels are unaffected.
+    """
+    try:
+        import numpy as np
+        from triton.runtime import interpreter
+    except Exception:
+        return
+    ops = getattr(interpreter, "ScanOps", None)
+    if ops is None or getattr(ops, "_vmunet_vectorised", False) or not hasattr(ops, "generic_scan"):
+        return
+
+    def generic_scan(self, input):
+        data = [arg.handle.data for arg in input]
+        ndim = data[0].ndim
+        axis = self.axis
+        outs = [np.empty_like(d) for d in data]
+
+        def at(i):
+            return tuple(slice(None) if a != axis else slice(i, i + 1) for a in range(ndim))
+
+        acc = tuple(self.to_tensor(np.ascontiguousarray(d[at(0)]), arg.dtype) for d, arg in zip(data, input))
+        for i in range(data[0].shape[axis]):
+            if i > 0:
+                cur = tuple(self.to_tensor(np.ascontiguousarray(d[at(i)]), arg.dtype) for d, arg in zip(data, input))
+                ret = self.combine_fn.fn(*acc, *cur)
+                acc = ret if isinstance(ret, tuple) else (ret,)
+            for o, a in zip(outs, acc):
+                o[at(i)] = a.handle.data
+        return [self.to_tensor(o, arg.dtype) for o, arg in zip(outs, input)]
+
+    ops.generic_scan = generic_scan
+    ops._vmunet_vectorised = True
 
 
 @lru_cache(maxsize=None)
 def _kernels():
     """Import the Triton kernels on first use (keeps ``import vmunet_monai`` free of Triton)."""
+    if _interpreting():
+        _vectorise_interpreter_scan()
     from . import ss2d_triton_kernels as kern
 
     return kern.fwd_kernel, kern.bwd_kernel
@@ -390,8 +433,8 @@ class _SelectiveScanFunction(torch.autograd.Function):
         need_grad = any(ctx.needs_input_grad)
         y_store, states = _scan_forward(u4, dl4, b4, c4, A, Dskip, delta_bias, 1, L, False, softplus,
                                         need_grad or return_last_state, cfg)
-        # y_store is (G, B, L, DM) -> (B, G*DM, L)
-        y = y_store.permute(1, 0, 3, 2).reshape(Bsz, GD, L)
+        # y_store is (G, B, L, DM) -> (B, G*DM, L), in u's dtype as mamba_ssm returns it
+        y = y_store.permute(1, 0, 3, 2).reshape(Bsz, GD, L).to(u.dtype)
         if need_grad:
             ctx.save_for_backward(u, delta, A, Bm, Cm, Dskip, delta_bias, states)
             ctx.flags = (softplus, Dskip is not None, delta_bias is not None)
@@ -448,7 +491,7 @@ def selective_scan_triton(
         return_last_state: also return the final state (B, G*D, N).
 
     Returns:
-        y (B, G*D, L) float32, and the last state when requested.
+        y (B, G*D, L) in u's dtype (computed in float32), and the fp32 last state (B, G*D, N) when requested.
 
     Example::
 
@@ -476,3 +519,35 @@ def selective_scan_triton(
             D.float().contiguous() if D is not None else None,
             delta_bias.float().contiguous() if delta_bias is not None else None,
             bool(delta_softplus), bool(return_last_state))
+
+
+# --------------------------------------------------------------------------------------------------
+# registration in the selective-scan backend registry (runs when the registry imports this module)
+# --------------------------------------------------------------------------------------------------
+
+
+def _unavailable_reason(x: torch.Tensor) -> str:
+    if not _triton_importable():
+        return "triton is not importable (pip install 'vmunet-monai[triton]')"
+    if x.device.type != "cuda":
+        return (f"the triton backend runs on CUDA tensors (got a {x.device.type} tensor; "
+                f"set TRITON_INTERPRET=1 before importing triton to run it slowly on CPU)")
+    return "available"
+
+
+def _register() -> None:
+    from .backends import register_backend
+
+    register_backend(
+        "triton",
+        "vmunet_monai.ops.ss2d_triton:selective_scan_triton",
+        is_available=_can_run_on,
+        priority={"cuda": 30},
+        description="fused Triton SS2D core (cross-scan + scan + cross-merge in one pass; fp32 state, "
+                    "deterministic backward); also a plain selective scan",
+        fused_core="vmunet_monai.ops.ss2d_triton:ss2d_scan_triton",
+        unavailable_reason=_unavailable_reason,
+    )
+
+
+_register()
