@@ -109,14 +109,14 @@ def _block_states(
 
 
 class _SelectiveScanCore(torch.autograd.Function):
-    """``y_t = <C_t, h_t>``, ``h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t`` on time-major grouped tensors.
+    """``y_t = <C_t, h_t> + D u_t``, ``h_t = exp(dt_t A) h_{t-1} + dt_t u_t B_t`` on time-major grouped tensors.
 
-    Inputs: ``dt, u (b, L, G, D)``, ``A (G, D, N)``, ``B, C (b, L, G, N)``; outputs ``y (b, L, G, D)`` and the
-    last state ``h_L (b, G, D, N)`` (not differentiable, as in mamba_ssm).
+    Inputs: ``dt, u (b, L, G, D)``, ``A (G, D, N)``, ``B, C (b, L, G, N)``, ``D (G, D)`` or None; outputs
+    ``y (b, L, G, D)`` and the last state ``h_L (b, G, D, N)`` (not differentiable, as in mamba_ssm).
     """
 
     @staticmethod
-    def forward(ctx, dt, u, A, B, C, block):  # type: ignore[override]
+    def forward(ctx, dt, u, A, B, C, D, block):  # type: ignore[override]
         batch, length, groups, d_group = dt.shape
         n_state = A.shape[-1]
         A2 = A * _LOG2E
@@ -126,7 +126,7 @@ class _SelectiveScanCore(torch.autograd.Function):
         H_buf = dt.new_empty(batch, block, groups, d_group, n_state)
         H_steps, dA_steps = H_buf.unbind(1), dA_buf.unbind(1)
         num_blocks = -(-length // block)
-        need_grad = any(ctx.needs_input_grad[:5])
+        need_grad = any(ctx.needs_input_grad[:6])
         # the state entering each block: all the backward needs to recompute the block
         block_start_states = dt.new_empty(num_blocks, batch, groups, d_group, n_state) if need_grad else None
         h = dt.new_zeros(batch, groups, d_group, n_state)
@@ -139,16 +139,21 @@ class _SelectiveScanCore(torch.autograd.Function):
             last = _block_states(dt[:, s:e], du[:, s:e], B[:, s:e], A2, dA_buf[:, :n], H, H_steps, dA_steps, h)
             h.copy_(last)  # the buffers are overwritten by the next block
             # y_t = <C_t, h_t> for every (b, t, g, d); einsum picks a far faster kernel here than matmul/bmm
-            y[:, s:e] = torch.einsum("btgdn,btgn->btgd", H, C[:, s:e])
+            y_blk = torch.einsum("btgdn,btgn->btgd", H, C[:, s:e])
+            if D is None:
+                y[:, s:e] = y_blk
+            else:  # the skip term here, where D broadcasts along the contiguous channel axis
+                torch.addcmul(y_blk, u[:, s:e], D, out=y[:, s:e])
+        need_grad = need_grad or ctx.needs_input_grad[5]
         if need_grad:
-            ctx.save_for_backward(dt, u, A, B, C, block_start_states)
+            ctx.save_for_backward(dt, u, A, B, C, D, block_start_states)
         ctx.block = block
         ctx.mark_non_differentiable(h)
         return y, h
 
     @staticmethod
     def backward(ctx, grad_y, grad_h_last):  # type: ignore[override]
-        dt, u, A, B, C, block_start_states = ctx.saved_tensors
+        dt, u, A, B, C, D, block_start_states = ctx.saved_tensors
         block = ctx.block
         batch, length, groups, d_group = dt.shape
         n_state = A.shape[-1]
@@ -194,10 +199,17 @@ class _SelectiveScanCore(torch.autograd.Function):
             # <G_t, B_t> per channel feeds both u and dt through du = dt * u
             g_du = torch.einsum("btgdn,btgn->btgd", G, B[:, s:e])
             torch.addcmul(g_dt_blk, g_du, u[:, s:e], out=g_dt[:, s:e])
-            torch.mul(g_du, dt[:, s:e], out=g_u[:, s:e])
+            if D is None:
+                torch.mul(g_du, dt[:, s:e], out=g_u[:, s:e])
+            else:
+                g_u_blk = torch.mul(g_du, dt[:, s:e])
+                torch.addcmul(g_u_blk, grad_y[:, s:e], D, out=g_u[:, s:e])
             g_B[:, s:e] = torch.einsum("btgdn,btgd->btgn", G, du[:, s:e])
             g_C[:, s:e] = torch.einsum("btgdn,btgd->btgn", H, grad_y[:, s:e])
-        return g_dt, g_u, g_A, g_B, g_C, None
+        g_D = None
+        if D is not None and ctx.needs_input_grad[5]:
+            g_D = torch.einsum("btgd,btgd->gd", grad_y, u)
+        return g_dt, g_u, g_A, g_B, g_C, g_D, None
 
 
 def selective_scan_torch(
@@ -241,7 +253,6 @@ def selective_scan_torch(
     batch, channels, length = u.shape
     groups, n_state = B.shape[1], A.shape[1]
     d_group = channels // groups
-    u_c = u.to(compute)
     # time-major (b, L, G, D): each time step's entries are contiguous for the per-step recurrence
     dt_t = _to_time_major(delta.to(compute))
     if delta_bias is not None:
@@ -249,16 +260,15 @@ def selective_scan_torch(
     if delta_softplus:
         dt_t = F.softplus(dt_t)
     dt_t = dt_t.view(batch, length, groups, d_group)
-    u_t = _to_time_major(u_c).view(batch, length, groups, d_group)
+    u_t = _to_time_major(u.to(compute)).view(batch, length, groups, d_group)
     B_t = _to_time_major(B.to(compute))
     C_t = _to_time_major(C.to(compute))
     A_g = A.to(compute).reshape(groups, d_group, n_state)
     if block is None:
         block = scan_block_length(batch * channels * n_state)
-    y_t, h_last = _SelectiveScanCore.apply(dt_t, u_t, A_g, B_t, C_t, int(block))
+    D_g = None if D is None else D.to(compute).reshape(groups, d_group)
+    y_t, h_last = _SelectiveScanCore.apply(dt_t, u_t, A_g, B_t, C_t, D_g, int(block))
     y = _from_time_major(y_t.view(batch, length, channels))
-    if D is not None:
-        y = torch.addcmul(y, u_c, D.to(compute)[:, None])
     if z is not None:
         y = y * F.silu(z.to(compute))
     y = y.to(dtype_in)

@@ -1,0 +1,621 @@
+"""VM-UNet benchmark: latency, throughput, training-step time, parameters, MACs and peak memory per scan backend.
+
+One run builds one model and measures every (backend, precision) pair on it, so the backends are compared on
+identical weights and inputs; it also times the selective scan alone on the model's own scan shapes. Results are
+printed as tables and (optionally) written as JSON.
+
+MACs are counted the way the published repository does (``thop.profile``: Linear, Conv and LayerNorm leaf
+modules; see reference section 3) and, separately, the einsum projections and the selective scan that thop does
+not see (x_proj and dt_proj einsums, and ``4 N + 1`` MACs per scanned channel step).
+
+Run ``vmunet-monai benchmark --device cpu`` or ``python scripts/benchmark.py --device cuda``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import gc
+import json
+import logging
+import math
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn as nn
+
+__all__ = ["benchmark", "count_macs", "time_scans", "peak_memory_tracker"]
+
+logger = logging.getLogger("vmunet_monai")
+
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# MAC counting
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _thop_leaf_macs(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
+    """thop's rules (``thop.profile`` 0.1.x) for the leaf modules the published counter sees."""
+    if isinstance(module, nn.Linear):
+        return module.in_features * output.numel()
+    if isinstance(module, nn.modules.conv._ConvNd):
+        kernel = math.prod(module.kernel_size)
+        return output.numel() * (module.in_channels // module.groups) * kernel
+    if isinstance(module, nn.LayerNorm):
+        flops = 2 * inputs[0].numel()
+        return 2 * flops if module.elementwise_affine else flops
+    return 0
+
+
+def count_macs(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
+    """Count MACs of one forward of ``model`` on ``x``.
+
+    Returns a dict with ``thop_macs`` (Linear/Conv/LayerNorm leaf modules, thop's rules, as the published
+    ``cal_params_flops``), ``einsum_macs`` (SS2D ``x_proj``/``dt_proj`` einsums), ``scan_macs`` (``4 N + 1`` per
+    scanned (channel, step), the D skip included), their sum ``total_macs``, and ``scan_shapes``: a Counter of
+    ``(L, D, N)`` per SS2D call (four directions of ``D`` channels each).
+
+    Example::
+
+        >>> from vmunet_monai.networks.nets import VMUNet
+        >>> count_macs(VMUNet().eval(), torch.randn(1, 3, 256, 256))["thop_macs"]  # doctest: +SKIP
+        4112...
+    """
+    from vmunet_monai.networks.blocks import SS2D
+
+    counts = {"thop_macs": 0, "einsum_macs": 0, "scan_macs": 0}
+    scan_shapes: Counter = Counter()
+
+    def leaf_hook(module, inputs, output):
+        counts["thop_macs"] += _thop_leaf_macs(module, inputs, output)
+
+    def ss2d_hook(module, inputs, output):
+        batch, height, width, _ = inputs[0].shape
+        length, d_inner, n_state, rank = height * width, module.d_inner, module.d_state, module.dt_rank
+        directions = module.x_proj_weight.shape[0]
+        rows = batch * directions * length * d_inner
+        counts["einsum_macs"] += rows * (rank + 2 * n_state) + rows * rank
+        counts["scan_macs"] += rows * (4 * n_state + 1)
+        scan_shapes[(length, d_inner, n_state)] += batch
+
+    handles = []
+    for module in model.modules():
+        if isinstance(module, SS2D):
+            handles.append(module.register_forward_hook(ss2d_hook))
+        elif len(list(module.children())) == 0 and isinstance(module, (nn.Linear, nn.modules.conv._ConvNd, nn.LayerNorm)):
+            handles.append(module.register_forward_hook(leaf_hook))
+    try:
+        with torch.inference_mode():
+            model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    counts["total_macs"] = counts["thop_macs"] + counts["einsum_macs"] + counts["scan_macs"]
+    return {**counts, "scan_shapes": scan_shapes}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# memory
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _read_status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class peak_memory_tracker:
+    """Context manager measuring the peak memory of its body, in MiB (``.peak_mib``).
+
+    CUDA: ``torch.cuda.max_memory_allocated`` above the memory allocated on entry. CPU: the peak resident set
+    size above the RSS on entry; on Linux the kernel's high-water mark is reset on entry (``/proc/self/clear_refs``
+    ``5``) and read from ``VmHWM``; elsewhere ``ru_maxrss`` is used (it only shows peaks above earlier ones).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = torch.device(device)
+        self.peak_mib: float | None = None
+
+    def __enter__(self) -> peak_memory_tracker:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._base = torch.cuda.memory_allocated(self.device)
+            return self
+        gc.collect()
+        self._hwm_reset = False
+        try:
+            Path("/proc/self/clear_refs").write_text("5")
+            self._hwm_reset = True
+        except OSError:
+            pass
+        self._base = _read_status_kb("VmRSS")
+        self._maxrss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_mib = (torch.cuda.max_memory_allocated(self.device) - self._base) / 2**20
+            return
+        hwm = _read_status_kb("VmHWM") if self._hwm_reset else None
+        if hwm is not None and self._base is not None:
+            self.peak_mib = max(0, hwm - self._base) / 1024
+        else:  # ru_maxrss is in KiB on Linux, bytes on macOS
+            scale = 1 if sys.platform.startswith("linux") else 1 / 1024
+            self.peak_mib = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - self._maxrss_before) * scale / 1024
+
+
+# --------------------------------------------------------------------------------------------------------------
+# timing
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_calls(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _stats(times: list[float], batch: int) -> dict[str, float]:
+    median = statistics.median(times)
+    return {
+        "time_ms_median": 1000 * median,
+        "time_ms_min": 1000 * min(times),
+        "time_ms_max": 1000 * max(times),
+        "images_per_s": batch / median,
+        "repeats": len(times),
+    }
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return torch.autocast(device_type=device.type, enabled=False)
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _scan_inputs(length: int, d_inner: int, n_state: int, batch: int, device: torch.device, seed: int = 0):
+    """Random inputs with VM-UNet's scan statistics: 4 directions, softplus(delta + bias) in [1e-3, 0.1]."""
+    gen = torch.Generator().manual_seed(seed)
+    channels = 4 * d_inner
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=gen)
+
+    dt = torch.exp(torch.rand(channels, generator=gen) * (math.log(0.1) - math.log(1e-3)) + math.log(1e-3))
+    tensors = dict(
+        u=randn(batch, channels, length),
+        delta=randn(batch, channels, length) * 0.1,
+        A=-torch.arange(1, n_state + 1, dtype=torch.float32).repeat(channels, 1),
+        B=randn(batch, 4, n_state, length),
+        C=randn(batch, 4, n_state, length),
+        D=torch.ones(channels),
+        delta_bias=dt + torch.log(-torch.expm1(-dt)),
+    )
+    return {k: v.to(device) for k, v in tensors.items()}
+
+
+def time_scans(
+    scan_shapes: dict[tuple[int, int, int], int],
+    backends: Sequence[str],
+    device: str | torch.device = "cpu",
+    repeats: int = 3,
+    warmup: int = 1,
+    batch: int = 1,
+) -> list[dict[str, Any]]:
+    """Time :func:`selective_scan_fn` forward (no grad) per backend on VM-UNet's scan shapes.
+
+    Args:
+        scan_shapes: ``{(L, D, N): calls per forward}`` (as from :func:`count_macs`, per image).
+        backends: backend names (unavailable ones are reported as skipped).
+        device: where to run.
+        repeats: timed calls per shape (the median is reported).
+        warmup: untimed calls first.
+        batch: batch size of the scan inputs.
+
+    Returns:
+        One row per (backend, shape) with ``time_ms_median``, and one ``"per forward"`` row per backend with the
+        time-weighted sum over the shapes.
+    """
+    from vmunet_monai.ops import resolve_backend_name, selective_scan_fn
+
+    device = torch.device(device)
+    rows = []
+    for backend in backends:
+        total, ok = 0.0, True
+        for (length, d_inner, n_state), calls in sorted(scan_shapes.items(), key=lambda kv: -kv[0][0]):
+            tensors = _scan_inputs(length, d_inner, n_state, batch, device)
+            try:
+                resolve_backend_name(backend, tensors["u"])
+            except (RuntimeError, ValueError) as err:
+                rows.append({"backend": backend, "L": length, "D": d_inner, "N": n_state, "skipped": str(err)})
+                ok = False
+                break
+            with torch.inference_mode():
+                times = _time_calls(
+                    lambda: selective_scan_fn(**tensors, delta_softplus=True, backend=backend), device, repeats, warmup
+                )
+            median = statistics.median(times)
+            total += median * calls / batch
+            rows.append(
+                {
+                    "backend": backend,
+                    "L": length,
+                    "D": d_inner,
+                    "N": n_state,
+                    "calls_per_forward": calls // batch,
+                    "state_updates": 4 * d_inner * n_state * length * batch,
+                    "time_ms_median": 1000 * median,
+                    "time_ms_min": 1000 * min(times),
+                }
+            )
+        if ok:
+            rows.append({"backend": backend, "L": "per forward", "time_ms_median": 1000 * total})
+    return rows
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the benchmark
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _parse_list(value: str | Sequence[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [str(v) for v in value]
+
+
+def _machine_info(device: torch.device) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "command": " ".join(sys.argv),
+    }
+    try:
+        info["cpu"] = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        info["cpu"] = platform.processor()
+    if hasattr(os, "getloadavg"):
+        info["load_average_start"] = os.getloadavg()
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def _default_backends(device: torch.device) -> list[str]:
+    from vmunet_monai.ops import available_backends
+
+    probe = torch.zeros(1, device=device)
+    names = available_backends(probe)
+    if device.type == "cuda":
+        preferred = ["triton", "mamba_ssm", "torch"]
+    else:
+        preferred = ["cpu", "torch", "reference"]
+    return [name for name in preferred if name in names]
+
+
+def _loss_fn(num_classes: int) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if num_classes == 1:
+        return nn.BCEWithLogitsLoss()
+    return nn.CrossEntropyLoss()
+
+
+def _target(num_classes: int, batch: int, size: int, device: torch.device) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(1)
+    if num_classes == 1:
+        return (torch.rand(batch, 1, size, size, generator=gen) > 0.5).float().to(device)
+    return torch.randint(0, num_classes, (batch, size, size), generator=gen).to(device)
+
+
+def benchmark(
+    device: str = "cpu",
+    backends: str | Sequence[str] | None = None,
+    image_size: int = 256,
+    batch_size: int = 1,
+    throughput_batch_size: int | None = None,
+    train_batch_size: int | None = None,
+    dtype: str | Sequence[str] | None = None,
+    repeats: int | None = None,
+    warmup: int | None = None,
+    json_path: str | None = None,
+    num_classes: int = 1,
+    in_channels: int = 3,
+    threads: int | None = None,
+    train: bool = True,
+    train_reference: bool = False,
+    scans: bool = True,
+    macs: bool = True,
+    model_kwargs: dict | None = None,
+    seed: int = 0,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Benchmark VM-UNet per scan backend and precision on one device; print tables, optionally write JSON.
+
+    Measured per (backend, precision), on one model with the same weights:
+
+    * ``latency``: forward at ``batch_size`` (default 1) in inference mode;
+    * ``inference``: forward at ``throughput_batch_size`` (images/s; default 32 on CUDA, skipped on CPU);
+    * ``train``: one AdamW step (forward, loss, backward, step) at ``train_batch_size`` (default 32 on CUDA,
+      1 on CPU; the ``reference`` backend is not trained unless ``train_reference``);
+    * peak memory of each (``torch.cuda.max_memory_allocated`` on CUDA, peak RSS growth on CPU);
+    * for the latency forward, the largest absolute difference of the output from the first backend's.
+
+    Plus parameter count, MACs (:func:`count_macs`) and the selective scan alone on the model's scan shapes
+    (:func:`time_scans`).
+
+    Args:
+        device: ``"cpu"`` or ``"cuda"`` (``"cuda:1"``...).
+        backends: scan backends (list or comma-separated); default: those available, fastest first
+            (CUDA: triton, mamba_ssm, torch; CPU: cpu, torch, reference).
+        image_size: square input side (a multiple of 32).
+        batch_size: batch of the latency measurement.
+        throughput_batch_size: batch of the inference-throughput measurement (0 skips it).
+        train_batch_size: batch of the training step (0 skips training).
+        dtype: ``"fp32"``, ``"bf16"`` (autocast) or both (``"fp32,bf16"``); default fp32 on CPU, both on CUDA.
+        repeats: timed repetitions (median reported); default 10 on CUDA, 3 on CPU.
+        warmup: untimed repetitions first; default 3 on CUDA, 1 on CPU.
+        json_path: write the results there as JSON.
+        num_classes: output channels (1: BCE-with-logits loss; more: cross-entropy).
+        in_channels: input channels.
+        threads: ``torch.set_num_threads`` for the run (CPU).
+        train: measure the training step.
+        train_reference: also train with the (very slow) ``reference`` backend.
+        scans: time the selective scan alone per shape.
+        macs: count MACs.
+        model_kwargs: extra ``VMUNet`` arguments (e.g. a small configuration); default: the paper model.
+        seed: seed of the weights and inputs.
+        quiet: do not print.
+
+    Returns:
+        The results dict (``meta``, ``model``, ``results``, ``scans``) that is also written as JSON.
+
+    Example::
+
+        >>> res = benchmark(device="cpu", image_size=64, repeats=1, warmup=0, train=False, scans=False,
+        ...                 model_kwargs=dict(dims=(8, 16, 32, 64), depths=(1, 1, 1, 1), depths_decoder=(1, 1, 1, 1)))
+        ... # doctest: +SKIP
+    """
+    from vmunet_monai.networks.nets import VMUNet
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("benchmark(device='cuda') needs CUDA, which is not available on this machine.")
+    if image_size % 32:
+        raise ValueError(f"image_size must be a multiple of 32, got {image_size}.")
+    if threads:
+        torch.set_num_threads(int(threads))
+    on_cuda = dev.type == "cuda"
+    dtypes = _parse_list(dtype) or (["fp32", "bf16"] if on_cuda else ["fp32"])
+    unknown = [d for d in dtypes if d not in _DTYPES]
+    if unknown:
+        raise ValueError(f"unknown dtype(s) {unknown}; choose from {list(_DTYPES)}.")
+    backend_names = _parse_list(backends) or _default_backends(dev)
+    repeats = repeats if repeats is not None else (10 if on_cuda else 3)
+    warmup = warmup if warmup is not None else (3 if on_cuda else 1)
+    if throughput_batch_size is None:
+        throughput_batch_size = 32 if on_cuda else 0
+    if train_batch_size is None:
+        train_batch_size = 32 if on_cuda else 1
+    if not train:
+        train_batch_size = 0
+
+    torch.manual_seed(seed)
+    kwargs = dict(in_channels=in_channels, out_channels=num_classes)
+    kwargs.update(model_kwargs or {})
+    model = VMUNet(**kwargs).to(dev)
+    initial_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    gen = torch.Generator().manual_seed(seed)
+    x_latency = torch.randn(batch_size, in_channels, image_size, image_size, generator=gen).to(dev)
+
+    meta = _machine_info(dev)
+    model_info: dict[str, Any] = {
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in kwargs.items()},
+        "image_size": image_size,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+    scan_shapes = None
+    if macs or scans:
+        model.eval().set_scan_backend(backend_names[0] if backend_names else "auto")
+        counted = count_macs(model, x_latency[:1])
+        scan_shapes = counted.pop("scan_shapes")
+        if macs:
+            model_info.update({k: int(v) for k, v in counted.items()})
+            model_info["gmacs"] = {k.replace("_macs", ""): round(v / 1e9, 3) for k, v in counted.items()}
+
+    results: list[dict[str, Any]] = []
+    reference_out: torch.Tensor | None = None
+    loss_fn = _loss_fn(num_classes)
+    for backend in backend_names:
+        from vmunet_monai.ops import resolve_backend_name
+
+        try:
+            resolve_backend_name(backend, x_latency)
+        except (RuntimeError, ValueError) as err:
+            results.append({"backend": backend, "skipped": str(err)})
+            continue
+        for dtype_name in dtypes:
+            amp = _DTYPES[dtype_name]
+            model.load_state_dict(initial_state)
+            model.set_scan_backend(backend).eval()
+            row_base = {"backend": backend, "dtype": dtype_name}
+
+            # batch latency
+            def forward_latency():
+                with torch.inference_mode(), _autocast(dev, amp):
+                    return model(x_latency)
+
+            with peak_memory_tracker(dev) as mem:
+                times = _time_calls(forward_latency, dev, repeats, warmup)
+            row = {**row_base, "mode": "latency", "batch": batch_size, **_stats(times, batch_size), "peak_mem_mib": mem.peak_mib}
+            out = forward_latency().float()
+            if reference_out is None:
+                reference_out, row["max_abs_diff"] = out, 0.0
+                reference_label = f"{backend}/{dtype_name}"
+            else:
+                row["max_abs_diff"] = float((out - reference_out).abs().max())
+            row["diff_vs"] = reference_label
+            results.append(row)
+            _log_row(row, quiet)
+
+            # inference throughput
+            if throughput_batch_size:
+                x_big = torch.randn(throughput_batch_size, in_channels, image_size, image_size, generator=gen).to(dev)
+
+                def forward_big():
+                    with torch.inference_mode(), _autocast(dev, amp):
+                        return model(x_big)
+
+                with peak_memory_tracker(dev) as mem:
+                    times = _time_calls(forward_big, dev, repeats, warmup)
+                row = {**row_base, "mode": "inference", "batch": throughput_batch_size, **_stats(times, throughput_batch_size), "peak_mem_mib": mem.peak_mib}
+                results.append(row)
+                _log_row(row, quiet)
+                del x_big
+
+            # training step
+            if train_batch_size and (backend != "reference" or train_reference):
+                model.train()
+                optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
+                x_train = torch.randn(train_batch_size, in_channels, image_size, image_size, generator=gen).to(dev)
+                target = _target(num_classes, train_batch_size, image_size, dev)
+                losses = []
+
+                def train_step():
+                    optimizer.zero_grad(set_to_none=True)
+                    with _autocast(dev, amp):
+                        loss = loss_fn(model(x_train), target)
+                    loss.backward()
+                    optimizer.step()
+                    losses.append(loss.detach())
+
+                with peak_memory_tracker(dev) as mem:
+                    times = _time_calls(train_step, dev, repeats, warmup)
+                row = {
+                    **row_base,
+                    "mode": "train",
+                    "batch": train_batch_size,
+                    **_stats(times, train_batch_size),
+                    "peak_mem_mib": mem.peak_mib,
+                    "first_loss": float(losses[0]),
+                }
+                results.append(row)
+                _log_row(row, quiet)
+                del optimizer, x_train, target
+                model.eval()
+            if on_cuda:
+                torch.cuda.empty_cache()
+    model.load_state_dict(initial_state)
+
+    scan_rows: list[dict[str, Any]] = []
+    if scans and scan_shapes:
+        scan_repeats = max(1, min(repeats, 5))
+        scan_rows = time_scans(scan_shapes, backend_names, dev, repeats=scan_repeats, warmup=min(warmup, 1))
+
+    if hasattr(os, "getloadavg"):
+        meta["load_average_end"] = os.getloadavg()
+    report = {"meta": meta, "model": model_info, "results": results, "scans": scan_rows}
+    if not quiet:
+        print(format_report(report))
+    if json_path:
+        path = Path(json_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2, default=str))
+        if not quiet:
+            print(f"wrote {path}")
+    return report
+
+
+def _log_row(row: dict[str, Any], quiet: bool) -> None:
+    if not quiet:
+        print(
+            f"  {row['backend']:>9s} {row['dtype']:>4s} {row['mode']:>9s} batch {row['batch']:>3d}: "
+            f"{row['time_ms_median']:10.1f} ms",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _fmt(value: Any, spec: str = "") -> str:
+    if value is None:
+        return "-"
+    try:
+        return format(value, spec)
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The benchmark results as plain-text tables."""
+    meta, model, lines = report["meta"], report["model"], []
+    device = meta.get("gpu") or meta.get("cpu")
+    lines.append(
+        f"VM-UNet benchmark, {meta['date_utc']}, {device}, torch {meta['torch']}, {meta['threads']} threads, "
+        f"load average {_fmt(meta.get('load_average_start'))} -> {_fmt(meta.get('load_average_end'))}"
+    )
+    gm = model.get("gmacs", {})
+    lines.append(
+        f"parameters {model['parameters']:,}; input {model['image_size']}x{model['image_size']}; GMACs: thop-style "
+        f"{_fmt(gm.get('thop'))}, einsum {_fmt(gm.get('einsum'))}, scan {_fmt(gm.get('scan'))}, "
+        f"total {_fmt(gm.get('total'))}"
+    )
+    header = f"{'backend':>10} {'dtype':>5} {'mode':>9} {'batch':>5} {'median ms':>10} {'min ms':>9} {'img/s':>8} {'peak MiB':>9} {'max|diff|':>10}"
+    lines += ["", header, "-" * len(header)]
+    for row in report["results"]:
+        if "skipped" in row:
+            lines.append(f"{row['backend']:>10} skipped: {row['skipped']}")
+            continue
+        lines.append(
+            f"{row['backend']:>10} {row['dtype']:>5} {row['mode']:>9} {row['batch']:>5} {row['time_ms_median']:>10.1f} "
+            f"{row['time_ms_min']:>9.1f} {row['images_per_s']:>8.2f} {_fmt(row.get('peak_mem_mib'), '.0f'):>9} "
+            f"{_fmt(row.get('max_abs_diff'), '.2e'):>10}"
+        )
+    if report.get("scans"):
+        header = f"{'backend':>10} {'L':>12} {'D':>5} {'N':>3} {'calls':>5} {'median ms':>10}"
+        lines += ["", "selective scan alone (forward, no grad, batch 1; 4 directions x D channels):", header, "-" * len(header)]
+        for row in report["scans"]:
+            if "skipped" in row:
+                lines.append(f"{row['backend']:>10} skipped: {row['skipped']}")
+            elif row["L"] == "per forward":
+                lines.append(f"{row['backend']:>10} {'per forward':>12} {'':>5} {'':>3} {'':>5} {row['time_ms_median']:>10.1f}")
+            else:
+                lines.append(
+                    f"{row['backend']:>10} {row['L']:>12} {row['D']:>5} {row['N']:>3} {row['calls_per_forward']:>5} "
+                    f"{row['time_ms_median']:>10.1f}"
+                )
+    return "\n".join(lines)
