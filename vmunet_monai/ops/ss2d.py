@@ -7,13 +7,11 @@ the selective scan (``torch``, ``reference``, ``mamba_ssm``, ...).
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 
 __all__ = ["cross_scan", "cross_merge", "ss2d_core", "ss2d_core_generic"]
-
-# Backends that implement the fused core themselves (registered lazily by name -> "module:function").
-FUSED_CORES = {"triton": "vmunet_monai.ops.ss2d_triton:ss2d_scan_triton"}
-
 
 def cross_scan(x: torch.Tensor) -> torch.Tensor:
     """``(B, D, H, W)`` -> ``(B, 4, D, L)``: row-major, column-major, and both reversed (published order)."""
@@ -103,29 +101,17 @@ def ss2d_core(
     Returns:
         ``(B, H, W, D)`` float32.
     """
+    from vmunet_monai.ops.backends import get_backend, resolve_backend_name
+
     params = (x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
-    fused = _resolve_fused(backend, x)
+    name = resolve_backend_name(backend, x)  # "auto" -> the fastest available here (logged once)
+    fused = get_backend(name).fused_core
     if fused is not None:
+        if isinstance(fused, str):
+            module_name, func_name = fused.split(":")
+            fused = getattr(importlib.import_module(module_name), func_name)
         return fused(x.permute(0, 2, 3, 1).contiguous(), *params)
-    return ss2d_core_generic(x, *params, backend=backend)
-
-
-def _resolve_fused(backend: str, x: torch.Tensor):
-    """Return the fused-core function for ``backend`` (or for ``auto`` when it picks one), else None."""
-    name = backend
-    if backend == "auto":
-        from vmunet_monai.ops import backends as registry
-
-        # the registry decides which backend "auto" means for this device (and logs it once)
-        resolve = getattr(registry, "resolve_backend_name", None)
-        name = resolve(backend, x) if resolve is not None else backend
-    target = FUSED_CORES.get(name)
-    if target is None:
-        return None
-    import importlib
-
-    module_name, func_name = target.split(":")
-    return getattr(importlib.import_module(module_name), func_name)
+    return ss2d_core_generic(x, *params, backend=name)
 
 
 def softplus_inverse(x: torch.Tensor) -> torch.Tensor:
