@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-train", action="store_true", help="skip the training step")
     parser.add_argument("--train-reference", action="store_true", help="also train with the slow reference scan")
     parser.add_argument("--no-scans", action="store_true", help="skip timing the selective scan alone")
-    parser.add_argument("--model-kwargs", default=None, help='JSON dict of VMUNet arguments, e.g. \'{"dims": [8,16,32,64]}\'')
+    parser.add_argument(
+        "--model-kwargs", default=None, help='JSON dict of VMUNet arguments, e.g. \'{"dims": [8,16,32,64]}\''
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     return benchmark(

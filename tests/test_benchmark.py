@@ -30,7 +30,8 @@ def test_paper_model_macs_match_published_thop_count():
     assert round(counted["thop_macs"] / 1e9, 3) == 4.112
     assert round((counted["einsum_macs"] + counted["scan_macs"]) / 1e9, 2) == 2.55
     # 3 blocks at stage 0 (2 encoder + 1 decoder), 4 at each deeper stage
-    assert dict(counted["scan_shapes"]) == {(4096, 192, 16): 3, (1024, 384, 16): 4, (256, 768, 16): 4, (64, 1536, 16): 4}
+    expected_shapes = {(4096, 192, 16): 3, (1024, 384, 16): 4, (256, 768, 16): 4, (64, 1536, 16): 4}
+    assert dict(counted["scan_shapes"]) == expected_shapes
 
 
 def test_thop_rules_on_known_layers():

@@ -168,7 +168,8 @@ def test_half_precision_input_keeps_dtype(backend):
 
 def test_unknown_backend_lists_choices():
     tensors, softplus = _make_inputs(CASES[1])
-    with pytest.raises(ValueError, match=r"unknown selective-scan backend 'cuda_fast'; choose one of \[.*'reference'.*'torch'"):
+    expected = r"unknown selective-scan backend 'cuda_fast'; choose one of \[.*'reference'.*'torch'"
+    with pytest.raises(ValueError, match=expected):
         selective_scan_fn(**tensors, backend="cuda_fast")
 
 
@@ -249,7 +250,8 @@ def test_register_backend_by_name_with_availability_check():
         # no priority for cpu: auto never picks it
         assert registry.resolve_backend_name("auto", tensors["u"]) != "test_fake"
         with pytest.raises(RuntimeError, match="'test_fake' is not available"):
-            selective_scan_fn(**{k: (v.float() if v is not None else None) for k, v in tensors.items()}, backend="test_fake")
+            as_float32 = {k: (v.float() if v is not None else None) for k, v in tensors.items()}
+            selective_scan_fn(**as_float32, backend="test_fake")
         registry.register_backend("test_fused", None, is_available=lambda x: True, fused_core=lambda *a: None)
         with pytest.raises(ValueError, match="fuses the whole SS2D core"):
             selective_scan_fn(**tensors, backend="test_fused")
@@ -281,3 +283,22 @@ def test_torch_and_mamba_ssm_agree_on_cuda(dtype):
     ]:
         err = (a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-6)
         assert err < tol, f"{name}: torch vs mamba_ssm relative error {err:.2e}"
+
+
+def test_torch_backend_accepts_time_major_views():
+    """Time-major inputs (transposed views) give the same numbers and gradients, and a time-major output."""
+    tensors, softplus, grad_out, (ref_out, _, ref_grads) = _reference(2)  # G=4, N=16, L=64, D and bias
+    time_major = dict(tensors)
+    for name in ("u", "delta"):
+        time_major[name] = tensors[name].transpose(1, 2).contiguous().requires_grad_()
+    for name in ("B", "C"):
+        time_major[name] = tensors[name].permute(0, 3, 1, 2).contiguous().requires_grad_()
+    views = dict(time_major)
+    views["u"], views["delta"] = time_major["u"].transpose(1, 2), time_major["delta"].transpose(1, 2)
+    views["B"], views["C"] = time_major["B"].permute(0, 2, 3, 1), time_major["C"].permute(0, 2, 3, 1)
+    out = selective_scan_fn(**views, delta_softplus=softplus, backend="torch")
+    assert out.transpose(1, 2).is_contiguous() and not out.is_contiguous()
+    torch.testing.assert_close(out, ref_out, rtol=0, atol=1e-10)
+    g_u, g_B = torch.autograd.grad((out * grad_out).sum(), [time_major["u"], time_major["B"]])
+    torch.testing.assert_close(g_u.transpose(1, 2), ref_grads["u"], rtol=0, atol=1e-10)
+    torch.testing.assert_close(g_B.permute(0, 2, 3, 1), ref_grads["B"], rtol=0, atol=1e-10)

@@ -91,7 +91,7 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
     for module in model.modules():
         if isinstance(module, SS2D):
             handles.append(module.register_forward_hook(ss2d_hook))
-        elif len(list(module.children())) == 0 and isinstance(module, (nn.Linear, nn.modules.conv._ConvNd, nn.LayerNorm)):
+        elif not list(module.children()) and isinstance(module, (nn.Linear, nn.modules.conv._ConvNd, nn.LayerNorm)):
             handles.append(module.register_forward_hook(leaf_hook))
     try:
         with torch.inference_mode():
@@ -157,7 +157,8 @@ class peak_memory_tracker:
             self.peak_mib = max(0, hwm - self._base) / 1024
         else:  # ru_maxrss is in KiB on Linux, bytes on macOS
             scale = 1 if sys.platform.startswith("linux") else 1 / 1024
-            self.peak_mib = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - self._maxrss_before) * scale / 1024
+            grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - self._maxrss_before
+            self.peak_mib = max(0, grown) * scale / 1024
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -482,7 +483,8 @@ def benchmark(
 
             with peak_memory_tracker(dev) as mem:
                 times = _time_calls(forward_latency, dev, repeats, warmup)
-            row = {**row_base, "mode": "latency", "batch": batch_size, **_stats(times, batch_size), "peak_mem_mib": mem.peak_mib}
+            row = {**row_base, "mode": "latency", "batch": batch_size, **_stats(times, batch_size)}
+            row["peak_mem_mib"] = mem.peak_mib
             out = forward_latency().float()
             if reference_out is None:
                 reference_out, row["max_abs_diff"] = out, 0.0
@@ -503,7 +505,8 @@ def benchmark(
 
                 with peak_memory_tracker(dev) as mem:
                     times = _time_calls(forward_big, dev, repeats, warmup)
-                row = {**row_base, "mode": "inference", "batch": throughput_batch_size, **_stats(times, throughput_batch_size), "peak_mem_mib": mem.peak_mib}
+                row = {**row_base, "mode": "inference", "batch": throughput_batch_size}
+                row.update(_stats(times, throughput_batch_size), peak_mem_mib=mem.peak_mib)
                 results.append(row)
                 _log_row(row, quiet)
                 del x_big
@@ -580,13 +583,17 @@ def _fmt(value: Any, spec: str = "") -> str:
         return str(value)
 
 
+def _load(values) -> str:
+    return "-" if not values else "/".join(f"{v:.1f}" for v in values)
+
+
 def format_report(report: dict[str, Any]) -> str:
     """The benchmark results as plain-text tables."""
     meta, model, lines = report["meta"], report["model"], []
     device = meta.get("gpu") or meta.get("cpu")
     lines.append(
         f"VM-UNet benchmark, {meta['date_utc']}, {device}, torch {meta['torch']}, {meta['threads']} threads, "
-        f"load average {_fmt(meta.get('load_average_start'))} -> {_fmt(meta.get('load_average_end'))}"
+        f"load average {_load(meta.get('load_average_start'))} -> {_load(meta.get('load_average_end'))}"
     )
     gm = model.get("gmacs", {})
     lines.append(
@@ -594,7 +601,10 @@ def format_report(report: dict[str, Any]) -> str:
         f"{_fmt(gm.get('thop'))}, einsum {_fmt(gm.get('einsum'))}, scan {_fmt(gm.get('scan'))}, "
         f"total {_fmt(gm.get('total'))}"
     )
-    header = f"{'backend':>10} {'dtype':>5} {'mode':>9} {'batch':>5} {'median ms':>10} {'min ms':>9} {'img/s':>8} {'peak MiB':>9} {'max|diff|':>10}"
+    header = (
+        f"{'backend':>10} {'dtype':>5} {'mode':>9} {'batch':>5} {'median ms':>10} {'min ms':>9} {'img/s':>8} "
+        f"{'peak MiB':>9} {'max|diff|':>10}"
+    )
     lines += ["", header, "-" * len(header)]
     for row in report["results"]:
         if "skipped" in row:
@@ -607,12 +617,14 @@ def format_report(report: dict[str, Any]) -> str:
         )
     if report.get("scans"):
         header = f"{'backend':>10} {'L':>12} {'D':>5} {'N':>3} {'calls':>5} {'median ms':>10}"
-        lines += ["", "selective scan alone (forward, no grad, batch 1; 4 directions x D channels):", header, "-" * len(header)]
+        title = "selective scan alone (forward, no grad, batch 1; 4 directions x D channels):"
+        lines += ["", title, header, "-" * len(header)]
         for row in report["scans"]:
             if "skipped" in row:
                 lines.append(f"{row['backend']:>10} skipped: {row['skipped']}")
             elif row["L"] == "per forward":
-                lines.append(f"{row['backend']:>10} {'per forward':>12} {'':>5} {'':>3} {'':>5} {row['time_ms_median']:>10.1f}")
+                label = "per forward"
+                lines.append(f"{row['backend']:>10} {label:>12} {'':>15} {row['time_ms_median']:>10.1f}")
             else:
                 lines.append(
                     f"{row['backend']:>10} {row['L']:>12} {row['D']:>5} {row['N']:>3} {row['calls_per_forward']:>5} "

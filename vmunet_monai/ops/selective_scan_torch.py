@@ -67,10 +67,19 @@ def _swap_last_two(x: torch.Tensor) -> torch.Tensor:
 
 
 def _to_time_major(x: torch.Tensor) -> torch.Tensor:
-    """``(b, *rest, L)`` -> contiguous ``(b, L, *rest)`` (differentiable)."""
+    """``(b, *rest, L)`` -> contiguous ``(b, L, *rest)`` (differentiable; a free view when ``x`` is already
+    time-major in memory, e.g. ``y.transpose(1, 2)`` of a contiguous ``(b, L, channels)`` tensor)."""
     batch, length = x.shape[0], x.shape[-1]
     rest = x.shape[1:-1]
+    time_major = x.permute(0, x.dim() - 1, *range(1, x.dim() - 1))
+    if time_major.is_contiguous():
+        return time_major
     return _SwapLastTwo.apply(x.reshape(batch, -1, length)).view(batch, length, *rest)
+
+
+def _is_time_major(x: torch.Tensor) -> bool:
+    """``(b, M, L)`` stored as ``(b, L, M)`` (and not also contiguous as it is)."""
+    return not x.is_contiguous() and x.transpose(1, 2).is_contiguous()
 
 
 def _from_time_major(x: torch.Tensor) -> torch.Tensor:
@@ -231,8 +240,13 @@ def selective_scan_torch(
     ``u, delta (batch, G*D, L)``, ``A (G*D, N)``, ``B, C (batch, G, N, L)`` or ``(batch, N, L)``,
     ``D, delta_bias (G*D,)``, ``z (batch, G*D, L)``. Runs on any device.
 
+    Memory layout: inputs may be time-major views (``u = u_tm.transpose(1, 2)`` of a contiguous ``(batch, L,
+    G*D)`` tensor, ``B = B_tm.permute(0, 2, 3, 1)`` of ``(batch, L, G, N)``); those are used without the transposing
+    copies, and when ``u`` is time-major the output is too (a ``(batch, G*D, L)`` view of a ``(batch, L, G*D)``
+    tensor). Contiguous mamba-layout inputs give a contiguous output.
+
     Args:
-        block: time steps per block; default from :func:`scan_block_length`.
+        block: time steps per block; default 64 on CUDA, else from :func:`scan_block_length`.
 
     Returns:
         ``y (batch, G*D, L)`` in ``u``'s dtype (float32 compute, float64 for float64 input), and ``h_L
@@ -265,10 +279,14 @@ def selective_scan_torch(
     C_t = _to_time_major(C.to(compute))
     A_g = A.to(compute).reshape(groups, d_group, n_state)
     if block is None:
-        block = scan_block_length(batch * channels * n_state)
+        # on a GPU every op is a kernel launch: long blocks; on a CPU blocks sized for the cache
+        block = 64 if u.device.type == "cuda" else scan_block_length(batch * channels * n_state)
     D_g = None if D is None else D.to(compute).reshape(groups, d_group)
     y_t, h_last = _SelectiveScanCore.apply(dt_t, u_t, A_g, B_t, C_t, D_g, int(block))
-    y = _from_time_major(y_t.view(batch, length, channels))
+    if _is_time_major(u):
+        y = y_t.view(batch, length, channels).transpose(1, 2)  # keep the caller's time-major layout: no copy
+    else:
+        y = _from_time_major(y_t.view(batch, length, channels))
     if z is not None:
         y = y * F.silu(z.to(compute))
     y = y.to(dtype_in)
