@@ -302,3 +302,21 @@ def test_torch_backend_accepts_time_major_views():
     g_u, g_B = torch.autograd.grad((out * grad_out).sum(), [time_major["u"], time_major["B"]])
     torch.testing.assert_close(g_u.transpose(1, 2), ref_grads["u"], rtol=0, atol=1e-10)
     torch.testing.assert_close(g_B.permute(0, 2, 3, 1), ref_grads["B"], rtol=0, atol=1e-10)
+
+
+def test_cpu_backend_in_forked_child():
+    """The kernel's thread pool is rebuilt in a forked process (DataLoader workers), instead of hanging."""
+    _cpu_kernel_or_skip()
+    import multiprocessing as mp
+
+    tensors, softplus = _make_inputs(CASES[2], dtype=torch.float32)
+    expected = selective_scan_fn(**tensors, delta_softplus=softplus, backend="cpu")  # the parent's pool exists now
+    ctx = mp.get_context("fork")
+    with ctx.Pool(1) as pool:
+        out = pool.apply_async(_scan_in_child, (tensors, softplus)).get(timeout=120)
+    torch.testing.assert_close(out, expected)
+
+
+def _scan_in_child(tensors, softplus):
+    torch.set_num_threads(2)
+    return selective_scan_fn(**tensors, delta_softplus=softplus, backend="cpu")

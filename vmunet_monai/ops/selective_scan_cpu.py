@@ -400,6 +400,7 @@ def cpu_kernel_available(x: torch.Tensor | None = None) -> bool:
 
 
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
+_pool_pid: int | None = None
 _pool_lock = threading.Lock()
 
 
@@ -412,9 +413,12 @@ def _run_tasks(fn, args: list, num_tasks: int, extra: list = ()) -> None:
     if len(ranges) == 1:
         codes = [fn(*args, *ranges[0], *extra)]
     else:
+        global _pool_pid
         with _pool_lock:
-            if _pool is None or _pool._max_workers < len(ranges):  # noqa: SLF001 - resize when threads grow
+            # a forked child (e.g. a DataLoader worker) inherits the pool object but not its threads: make a new one
+            if _pool is None or _pool_pid != os.getpid() or _pool._max_workers < len(ranges):  # noqa: SLF001
                 _pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(ranges), thread_name_prefix="vmunet-scan")
+                _pool_pid = os.getpid()
             pool = _pool
         codes = list(pool.map(lambda r: fn(*args, *r, *extra), ranges))
     if any(codes):
@@ -501,6 +505,11 @@ def selective_scan_cpu(
         >>> selective_scan_cpu(u, torch.rand(1, 4, 7), A, torch.randn(1, 2, 7), torch.randn(1, 2, 7)).shape
         torch.Size([1, 4, 7])
     """
+    if u.numel() == 0 or A.shape[1] == 0:
+        # nothing to scan (the kernel's work buffers would be empty): defer to the torch backend
+        from vmunet_monai.ops.selective_scan_torch import selective_scan_torch
+
+        return selective_scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus, return_last_state)
     if not cpu_kernel_available(u):
         raise RuntimeError(f"selective-scan backend 'cpu' is not available: {cpu_kernel_unavailable_reason(u)}.")
     dtype_in = u.dtype
