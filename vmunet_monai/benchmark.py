@@ -171,28 +171,41 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _time_calls(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> list[float]:
+class _Timings(list):
+    """Wall-clock seconds per call, with the process CPU seconds per call in ``.cpu``."""
+
+    cpu: list[float]
+
+
+def _time_calls(fn: Callable[[], Any], device: torch.device, repeats: int, warmup: int) -> _Timings:
     for _ in range(warmup):
         fn()
     _sync(device)
-    times = []
+    times = _Timings()
+    times.cpu = []
     for _ in range(max(1, repeats)):
+        cpu_start = time.process_time()
         start = time.perf_counter()
         fn()
         _sync(device)
         times.append(time.perf_counter() - start)
+        times.cpu.append(time.process_time() - cpu_start)
     return times
 
 
-def _stats(times: list[float], batch: int) -> dict[str, float]:
+def _stats(times: _Timings, batch: int) -> dict[str, float]:
     median = statistics.median(times)
-    return {
+    stats = {
         "time_ms_median": 1000 * median,
         "time_ms_min": 1000 * min(times),
         "time_ms_max": 1000 * max(times),
         "images_per_s": batch / median,
         "repeats": len(times),
     }
+    # process CPU time (all threads): on a shared machine, with one thread, a proxy for the quiet wall time
+    if getattr(times, "cpu", None):
+        stats["cpu_time_ms_median"] = 1000 * statistics.median(times.cpu)
+    return stats
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):
@@ -249,7 +262,7 @@ def time_scans(
     device = torch.device(device)
     rows = []
     for backend in backends:
-        total, ok = 0.0, True
+        total, total_cpu, ok = 0.0, 0.0, True
         for (length, d_inner, n_state), calls in sorted(scan_shapes.items(), key=lambda kv: -kv[0][0]):
             tensors = _scan_inputs(length, d_inner, n_state, batch, device)
             try:
@@ -264,6 +277,7 @@ def time_scans(
                 )
             median = statistics.median(times)
             total += median * calls / batch
+            total_cpu += statistics.median(times.cpu) * calls / batch
             rows.append(
                 {
                     "backend": backend,
@@ -274,10 +288,18 @@ def time_scans(
                     "state_updates": 4 * d_inner * n_state * length * batch,
                     "time_ms_median": 1000 * median,
                     "time_ms_min": 1000 * min(times),
+                    "cpu_time_ms_median": 1000 * statistics.median(times.cpu),
                 }
             )
         if ok:
-            rows.append({"backend": backend, "L": "per forward", "time_ms_median": 1000 * total})
+            rows.append(
+                {
+                    "backend": backend,
+                    "L": "per forward",
+                    "time_ms_median": 1000 * total,
+                    "cpu_time_ms_median": 1000 * total_cpu,
+                }
+            )
     return rows
 
 
@@ -602,8 +624,8 @@ def format_report(report: dict[str, Any]) -> str:
         f"total {_fmt(gm.get('total'))}"
     )
     header = (
-        f"{'backend':>10} {'dtype':>5} {'mode':>9} {'batch':>5} {'median ms':>10} {'min ms':>9} {'img/s':>8} "
-        f"{'peak MiB':>9} {'max|diff|':>10}"
+        f"{'backend':>10} {'dtype':>5} {'mode':>9} {'batch':>5} {'median ms':>10} {'min ms':>9} {'cpu ms':>9} "
+        f"{'img/s':>8} {'peak MiB':>9} {'max|diff|':>10}"
     )
     lines += ["", header, "-" * len(header)]
     for row in report["results"]:
@@ -612,11 +634,12 @@ def format_report(report: dict[str, Any]) -> str:
             continue
         lines.append(
             f"{row['backend']:>10} {row['dtype']:>5} {row['mode']:>9} {row['batch']:>5} {row['time_ms_median']:>10.1f} "
-            f"{row['time_ms_min']:>9.1f} {row['images_per_s']:>8.2f} {_fmt(row.get('peak_mem_mib'), '.0f'):>9} "
+            f"{row['time_ms_min']:>9.1f} {_fmt(row.get('cpu_time_ms_median'), '.1f'):>9} {row['images_per_s']:>8.2f} "
+            f"{_fmt(row.get('peak_mem_mib'), '.0f'):>9} "
             f"{_fmt(row.get('max_abs_diff'), '.2e'):>10}"
         )
     if report.get("scans"):
-        header = f"{'backend':>10} {'L':>12} {'D':>5} {'N':>3} {'calls':>5} {'median ms':>10}"
+        header = f"{'backend':>10} {'L':>12} {'D':>5} {'N':>3} {'calls':>5} {'median ms':>10} {'cpu ms':>9}"
         title = "selective scan alone (forward, no grad, batch 1; 4 directions x D channels):"
         lines += ["", title, header, "-" * len(header)]
         for row in report["scans"]:
@@ -624,10 +647,13 @@ def format_report(report: dict[str, Any]) -> str:
                 lines.append(f"{row['backend']:>10} skipped: {row['skipped']}")
             elif row["L"] == "per forward":
                 label = "per forward"
-                lines.append(f"{row['backend']:>10} {label:>12} {'':>15} {row['time_ms_median']:>10.1f}")
+                lines.append(
+                    f"{row['backend']:>10} {label:>12} {'':>15} {row['time_ms_median']:>10.1f} "
+                    f"{row['cpu_time_ms_median']:>9.1f}"
+                )
             else:
                 lines.append(
                     f"{row['backend']:>10} {row['L']:>12} {row['D']:>5} {row['N']:>3} {row['calls_per_forward']:>5} "
-                    f"{row['time_ms_median']:>10.1f}"
+                    f"{row['time_ms_median']:>10.1f} {row['cpu_time_ms_median']:>9.1f}"
                 )
     return "\n".join(lines)
