@@ -17,8 +17,8 @@ Examples::
 
 from __future__ import annotations
 
-import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -79,14 +79,35 @@ def run_bundle(task: str, command: str, bundle_root: str | None = None, **overri
         if isinstance(overrides.get(key), str):
             overrides[key] = os.path.abspath(overrides[key])
     logging_file = root / "configs" / "logging.conf"
-    run(
-        run_id="run",
-        config_file=configs,
-        meta_file=str(root / "configs" / "metadata.json"),
-        logging_file=str(logging_file) if logging_file.is_file() else None,
-        bundle_root=str(root),
-        **overrides,
-    )
+    try:
+        run(
+            run_id="run",
+            config_file=configs,
+            meta_file=str(root / "configs" / "metadata.json"),
+            logging_file=str(logging_file) if logging_file.is_file() else None,
+            bundle_root=str(root),
+            **overrides,
+        )
+    except Exception as err:
+        user_error = _user_error(err)
+        if user_error is None:
+            raise
+        # a data or path problem: one clear line naming the file, not a MONAI config-evaluation traceback
+        sys.stderr.write(f"vmunet-monai {command}: error: {user_error}\n")
+        raise SystemExit(1) from None
+
+
+def _user_error(err: BaseException) -> BaseException | None:
+    """The ``ISICDataError``/``FileNotFoundError`` at the root of a (chained) bundle exception, if any."""
+    from vmunet_monai.data.isic_io import ISICDataError
+
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, (ISICDataError, FileNotFoundError)):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def train(task: str = "isic", bundle_root: str | None = None, **overrides: Any) -> None:
