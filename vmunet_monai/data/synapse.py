@@ -250,13 +250,16 @@ def synapse_train_datalist(
 
 
 def synapse_test_datalist(
-    dataset_dir: str | os.PathLike, list_file: str | None = None, limit: int | None = None
+    dataset_dir: str | os.PathLike, list_file: str | None = None, limit: int | None = None, required: bool = True
 ) -> list[dict[str, str]]:
     """Test data list ``[{"image": h5, "label": h5, "case": id}]`` from ``lists_Synapse/test_vol.txt``.
 
-    Without a list file, all ``test_vol_h5/*.npy.h5`` are used.
+    Without a list file, all ``test_vol_h5/*.npy.h5`` are used. With ``required=False`` a dataset without
+    test volumes gives an empty list (training then skips its periodic 3D validation) instead of an error.
     """
     root = Path(dataset_dir)
+    if not required and not (root / LIST_SUBDIR / "test_vol.txt").is_file() and not any((root / H5_SUBDIR).glob("*.npy.h5")):
+        return []
     ids = _list_or_glob(root, list_file, "test_vol.txt", H5_SUBDIR, "*.npy.h5")
     files = [root / H5_SUBDIR / f"{i}.npy.h5" for i in ids]
     missing = [str(f) for f in files if not f.is_file()]

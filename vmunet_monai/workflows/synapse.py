@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from ignite.engine import Engine, Events
 from ignite.metrics import Metric
+from monai.data import MetaTensor
 from monai.inferers import SliceInferer
 
 from vmunet_monai.data.synapse import SYNAPSE_ORGANS, SynapseDataError
@@ -50,6 +51,8 @@ __all__ = [
     "case_name_formatter",
     "checkpoint_available",
     "EpochBestModelSaver",
+    "SYNAPSE_PAPER_NETWORK",
+    "synapse_model_info",
 ]
 
 logger = logging.getLogger(__name__)
@@ -81,6 +84,8 @@ class ResizedSliceNetwork(torch.nn.Module):
         self.mode = mode
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, MetaTensor):  # metadata is not needed inside; MetaTensor dispatch slows the scan's many ops
+            x = x.as_tensor()
         size = tuple(x.shape[-2:])
         if size != self.slice_size:
             x = F.interpolate(x, size=self.slice_size, mode=self.mode, align_corners=False)
@@ -319,3 +324,32 @@ class EpochBestModelSaver(BestModelSaver):
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self)
+
+
+#: The paper's VM-UNet configuration (reference 1), used when no trained model description exists.
+SYNAPSE_PAPER_NETWORK: dict[str, Any] = {
+    "depths": [2, 2, 2, 2],
+    "depths_decoder": [2, 2, 2, 1],
+    "dims": [96, 192, 384, 768],
+    "d_state": 16,
+}
+
+
+def synapse_model_info(ckpt_dir: str | os.PathLike, filename: str = "synapse_model_info.json") -> dict[str, Any]:
+    """Image size and network arguments of the trained Synapse model (written by training beside the weights).
+
+    Returns ``{"image_size": 224, "network": SYNAPSE_PAPER_NETWORK}`` updated from ``<ckpt_dir>/<filename>``, so
+    evaluation and inference rebuild the network that was trained (e.g. a small CPU one) without extra flags.
+    """
+    import json
+
+    info: dict[str, Any] = {"image_size": 224, "network": dict(SYNAPSE_PAPER_NETWORK)}
+    path = Path(ckpt_dir) / filename
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{path}: cannot read the model description ({err})") from None
+        info["image_size"] = int(saved.get("image_size", info["image_size"]))
+        info["network"].update({k: v for k, v in saved.get("network", {}).items() if k in SYNAPSE_PAPER_NETWORK})
+    return info
