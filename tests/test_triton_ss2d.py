@@ -218,6 +218,21 @@ def test_segment_length_changes_nothing():
         assert rel_err(a, c) < 1e-5, name
 
 
+def test_reverse_scan_fallback_matches():
+    """bwd_rev_flip=1 (flip / scan / flip instead of a reverse scan) gives the same gradients."""
+    torch.manual_seed(6)
+    b, h, w, d, n, r = (1, 3, 4, 4, 2, 1) if not CUDA else (2, 13, 9, 64, 16, 4)
+    params = make_params(d, n, r)
+    x = torch.randn(b, h, w, d, device=DEVICE, requires_grad=True)
+    results = []
+    for flip in (0, 1):
+        st.set_config(MID_CFG if not CUDA else st.ScanConfig(), bwd_rev_flip=flip)
+        y = st.ss2d_scan_triton(x, *params)
+        results.append(torch.autograd.grad(y.square().sum(), [x, *params]))
+    for name, a, c in zip(NAMES, *results):
+        assert rel_err(a, c) < 1e-5, name
+
+
 def test_bad_inputs_and_config_are_rejected():
     params = make_params(4, 2, 1)
     with pytest.raises(ValueError, match="shape"):

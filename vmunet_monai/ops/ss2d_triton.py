@@ -46,6 +46,7 @@ __all__ = [
     "ScanConfig",
     "get_config",
     "is_available",
+    "kernel_info",
     "selective_scan_triton",
     "set_config",
     "ss2d_scan_triton",
@@ -70,6 +71,8 @@ class ScanConfig:
         bwd_warps: warps per backward program.
         seg_len: time steps between two fp32 states saved by the forward for the backward; a multiple
             of both block_l values. Larger saves memory, costs a little recomputation in the backward.
+        bwd_rev_flip: 1 = compute the backward's reverse-time scan as flip / forward scan / flip instead
+            of ``tl.associative_scan(reverse=True)`` (a fallback for Triton builds with a faulty reverse scan).
     """
 
     fwd_block_l: int = 32
@@ -79,6 +82,7 @@ class ScanConfig:
     bwd_block_d: int = 16
     bwd_warps: int = 4
     seg_len: int = 64
+    bwd_rev_flip: int = 0
 
     def validate(self) -> "ScanConfig":
         for f in ("fwd_block_l", "fwd_block_d", "bwd_block_l", "bwd_block_d"):
@@ -216,6 +220,18 @@ def _kernels():
 # --------------------------------------------------------------------------------------------------
 
 
+# the compiled kernels of the latest launches (register / spill counts for benchmarks)
+_LAST_LAUNCH: dict = {}
+
+
+def kernel_info() -> dict:
+    """Register and spill counts of the most recently launched forward / backward kernels (GPU only)."""
+    info = {}
+    for name, handle in _LAST_LAUNCH.items():
+        info[name] = {k: getattr(handle, k, None) for k in ("n_regs", "n_spills")}
+    return info
+
+
 def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
@@ -236,7 +252,7 @@ def _scan_forward(u4, dl4, b4, c4, A, Dskip, bias, H, W, cross, softplus, save_s
         states = torch.empty((1,), device=dl4.device, dtype=torch.float32)
     grid = (Bsz * K, triton_cdiv(DM, cfg.fwd_block_d))
     dummy = A
-    fwd_kernel[grid](
+    _LAST_LAUNCH["fwd"] = fwd_kernel[grid](
         u4, dl4, b4, c4, A,
         Dskip if Dskip is not None else dummy, bias if bias is not None else dummy,
         y4, states,
@@ -272,7 +288,7 @@ def _scan_backward(u4, dl4, b4, c4, A, Dskip, bias, dy4, states, du4, H, W, cros
                           device=dev, dtype=torch.float32)
     grid = (Bsz * K, n_dblk)
     dummy = A
-    bwd_kernel[grid](
+    _LAST_LAUNCH["bwd"] = bwd_kernel[grid](
         u4, dl4, b4, c4, A,
         Dskip if Dskip is not None else dummy, bias if bias is not None else dummy,
         dy4, states, scratch,
@@ -283,7 +299,7 @@ def _scan_backward(u4, dl4, b4, c4, A, Dskip, bias, dy4, states, du4, H, W, cros
         K=K, N=N, NP=NP,
         BLOCK_L=cfg.bwd_block_l, BLOCK_D=cfg.bwd_block_d, CPS=cps,
         CROSS=cross, SOFTPLUS=softplus, HAS_D=Dskip is not None, HAS_BIAS=bias is not None,
-        num_warps=cfg.bwd_warps,
+        REV_FLIP=bool(cfg.bwd_rev_flip), num_warps=cfg.bwd_warps,
     )
     # deterministic reductions of the per-program partials
     db = db_part.sum(0) if n_dblk > 1 else db_part[0]
@@ -301,51 +317,75 @@ def triton_cdiv(a: int, b: int) -> int:
 
 
 class _SS2DScanFunction(torch.autograd.Function):
-    """Autograd wrapper of the fused four-direction scan.
+    """Autograd wrapper of the fused four-direction scan, with the dt projection folded in.
 
-    Inputs: u (B, L, D) pixel-major activation; delta (K, B, L, D) pre-bias dt projection; Bs, Cs
-    (B, L, K, N) (strided views are fine); A (K*D, N) fp32 (already ``-exp(A_logs)``); Ds (K*D,);
-    delta_bias (K*D,). Output: y (B, L, D) fp32, the sum over the four directions.
+    Inputs: u (B, L, D) pixel-major activation; x_dbl (B, L, K, R + 2N) per-pixel x_proj output (dts, B,
+    C); dt_w (K, D, R); A (K*D, N) fp32 (already ``-exp(A_logs)``); Ds (K*D,); delta_bias (K*D,).
+    Output: y (B, L, D) fp32, the sum over the four directions.
+
+    ``delta = dts @ dt_w^T`` is recomputed in the backward instead of being saved: it is the largest
+    tensor of the core (K x the activation) and costs one small GEMM to rebuild.
     """
 
     @staticmethod
-    def forward(ctx, u, delta, Bs, Cs, A, Ds, delta_bias, H: int, W: int):
-        cfg = get_config()
-        K, Bsz, L, DM = delta.shape
-        u4 = u.unsqueeze(1).expand(Bsz, K, L, DM)
+    def _delta(x_dbl, dt_w, r):
+        bsz, length, k, _ = x_dbl.shape
+        dts = x_dbl[..., :r].permute(2, 0, 1, 3).reshape(k, bsz * length, r)
+        delta = torch.bmm(dts, dt_w.to(dts.dtype).transpose(1, 2))  # (K, B*L, D)
+        return dts, delta.view(k, bsz, length, -1)
+
+    @staticmethod
+    def _views(u, x_dbl, delta, r, n):
+        k, bsz, length, dm = delta.shape
+        u4 = u.unsqueeze(1).expand(bsz, k, length, dm)
         dl4 = delta.permute(1, 0, 2, 3)
-        b4 = Bs.permute(0, 2, 1, 3)
-        c4 = Cs.permute(0, 2, 1, 3)
+        b4 = x_dbl[..., r:r + n].permute(0, 2, 1, 3)
+        c4 = x_dbl[..., r + n:].permute(0, 2, 1, 3)
+        return u4, dl4, b4, c4
+
+    @staticmethod
+    def forward(ctx, u, x_dbl, dt_w, A, Ds, delta_bias, H: int, W: int):
+        cfg = get_config()
+        r = dt_w.shape[2]
+        n = A.shape[1]
+        _, delta = _SS2DScanFunction._delta(x_dbl, dt_w, r)
+        u4, dl4, b4, c4 = _SS2DScanFunction._views(u, x_dbl, delta, r, n)
         need_grad = any(ctx.needs_input_grad)
         y_parts, states = _scan_forward(u4, dl4, b4, c4, A, Ds, delta_bias, H, W, True, True, need_grad, cfg)
         y = y_parts.sum(0)
         if need_grad:
-            ctx.save_for_backward(u, delta, Bs, Cs, A, Ds, delta_bias, states)
+            ctx.save_for_backward(u, x_dbl, dt_w, A, Ds, delta_bias, states)
             ctx.hw = (H, W)
             ctx.cfg = cfg
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        u, delta, Bs, Cs, A, Ds, delta_bias, states = ctx.saved_tensors
+        u, x_dbl, dt_w, A, Ds, delta_bias, states = ctx.saved_tensors
         H, W = ctx.hw
         cfg = get_config()
-        K, Bsz, L, DM = delta.shape
-        u4 = u.unsqueeze(1).expand(Bsz, K, L, DM)
-        dl4 = delta.permute(1, 0, 2, 3)
-        b4 = Bs.permute(0, 2, 1, 3)
-        c4 = Cs.permute(0, 2, 1, 3)
+        r = dt_w.shape[2]
+        n = A.shape[1]
+        dts, delta = _SS2DScanFunction._delta(x_dbl, dt_w, r)
+        k, bsz, length, dm = delta.shape
+        u4, dl4, b4, c4 = _SS2DScanFunction._views(u, x_dbl, delta, r, n)
         dy = dy.contiguous()
-        dy4 = dy.unsqueeze(1).expand(Bsz, K, L, DM)
-        du_parts = torch.empty((K, Bsz, L, DM), device=u.device, dtype=torch.float32)
+        dy4 = dy.unsqueeze(1).expand(bsz, k, length, dm)
+        du_parts = torch.empty((k, bsz, length, dm), device=u.device, dtype=torch.float32)
         du4 = du_parts.permute(1, 0, 2, 3)
         ddelta, db, dc, dA, dD = _scan_backward(
             u4, dl4, b4, c4, A, Ds, delta_bias, dy4, states, du4, H, W, True, True, cfg, ctx.cfg)
+        del delta
         du = du_parts.sum(0).to(u.dtype)
         d_bias = ddelta.sum((1, 2), dtype=torch.float32).reshape(-1)
-        db = db.permute(0, 2, 1, 3).to(Bs.dtype)
-        dc = dc.permute(0, 2, 1, 3).to(Cs.dtype)
-        return du, ddelta, db, dc, dA.to(A.dtype), dD.to(Ds.dtype), d_bias.to(delta_bias.dtype), None, None
+        # dt projection backward (the GEMMs autograd would have run), in the activations' dtype
+        ddelta_k = ddelta.view(k, bsz * length, dm)
+        ddts = torch.bmm(ddelta_k, dt_w.to(ddelta_k.dtype))  # (K, B*L, R)
+        d_dt_w = torch.bmm(ddelta_k.transpose(1, 2), dts)  # (K, D, R)
+        dx_dbl = torch.cat([ddts.view(k, bsz, length, r).permute(1, 2, 0, 3).to(torch.float32),
+                            db.permute(0, 2, 1, 3), dc.permute(0, 2, 1, 3)], dim=-1).to(x_dbl.dtype)
+        return (du, dx_dbl, d_dt_w.to(dt_w.dtype), dA.to(A.dtype), dD.to(Ds.dtype),
+                d_bias.to(delta_bias.dtype), None, None)
 
 
 def ss2d_scan_triton(
@@ -399,17 +439,11 @@ def ss2d_scan_triton(
     w_all = x_proj_weight.reshape(K * c_dbl, DM)
     x_dbl = F.linear(u, w_all.to(u.dtype))
     x_dbl = x_dbl.view(Bsz, L, K, c_dbl)
-    dts_r = x_dbl[..., :R]
-    Bs = x_dbl[..., R:R + N]
-    Cs = x_dbl[..., R + N:]
-    # (K, B*L, R) @ (K, R, D) -> delta in (K, B, L, D): each direction's slab is contiguous per pixel
-    dts_k = dts_r.permute(2, 0, 1, 3).reshape(K, Bsz * L, R)
-    dtw = dt_projs_weight.transpose(1, 2)
-    delta = torch.bmm(dts_k, dtw.to(dts_k.dtype))
-    delta = delta.view(K, Bsz, L, DM)
     A = -torch.exp(A_logs.float())
     with torch.autocast(device_type=x.device.type, enabled=False):
-        y = _SS2DScanFunction.apply(u, delta, Bs, Cs, A.contiguous(), Ds.float().contiguous(),
+        # the dt projection runs inside (in x_dbl's dtype, as autocast would) so that its large output
+        # (K x the activation) is never saved for the backward
+        y = _SS2DScanFunction.apply(u, x_dbl, dt_projs_weight, A.contiguous(), Ds.float().contiguous(),
                                     dt_projs_bias.float().reshape(-1).contiguous(), H, W)
     return y.view(Bsz, H, W, DM)
 

@@ -81,6 +81,7 @@ def fwd_kernel(
     mask_dn = mask_d[:, None] & mask_n[None, :]
     ch = k * DM + offs_d
     a_mat = tl.load(a_ptr + ch[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+    a2 = a_mat * 1.4426950408889634  # exp(x A) = exp2(x A log2 e): saves a multiply per element
     if HAS_D:
         dskip = tl.load(dskip_ptr + ch, mask=mask_d, other=0.0).to(tl.float32)
     else:
@@ -112,7 +113,7 @@ def fwd_kernel(
             su_l, su_d, sdl_l, sdl_d, sb_l, sb_n, CROSS, SOFTPLUS)
         cm = tl.load(c_base + p[:, None] * sc_l + offs_n[None, :] * sc_n,
                      mask=mask_t[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
-        da = tl.exp(dlt[:, :, None] * a_mat[None, :, :])
+        da = tl.exp2(dlt[:, :, None] * a2[None, :, :])
         dbu = (dlt * u)[:, :, None] * bm[:, None, :]
         acc_a, acc_b = tl.associative_scan((da, dbu), 0, _combine)
         hs = acc_a * h[None, :, :] + acc_b
@@ -141,6 +142,7 @@ def bwd_kernel(
     K: tl.constexpr, N: tl.constexpr, NP: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, CPS: tl.constexpr,
     CROSS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
+    REV_FLIP: tl.constexpr = False,
 ):
     pid_bk = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -153,6 +155,7 @@ def bwd_kernel(
     mask_dn = mask_d[:, None] & mask_n[None, :]
     ch = k * DM + offs_d
     a_mat = tl.load(a_ptr + ch[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
+    a2 = a_mat * 1.4426950408889634  # exp(x A) = exp2(x A log2 e): saves a multiply per element
     if HAS_D:
         dskip = tl.load(dskip_ptr + ch, mask=mask_d, other=0.0).to(tl.float32)
     else:
@@ -198,7 +201,7 @@ def bwd_kernel(
                 p, mask_t, raw, dlt, u, bm = _load_tile(
                     u_base, dl_base, b_base, t, k, L, H, W, offs_d, mask_d, offs_n, mask_n, bias,
                     su_l, su_d, sdl_l, sdl_d, sb_l, sb_n, CROSS, SOFTPLUS)
-                da = tl.exp(dlt[:, :, None] * a_mat[None, :, :])
+                da = tl.exp2(dlt[:, :, None] * a2[None, :, :])
                 dbu = (dlt * u)[:, :, None] * bm[:, None, :]
                 acc_a, acc_b = tl.associative_scan((da, dbu), 0, _combine)
                 hs = acc_a * h[None, :, :] + acc_b
@@ -223,20 +226,26 @@ def bwd_kernel(
                 u_base, dl_base, b_base, t - 1, k, L, H, W, offs_d, mask_d, offs_n, mask_n, bias,
                 su_l, su_d, sdl_l, sdl_d, sb_l, sb_n, CROSS, SOFTPLUS)
             first = (rows == 0)[:, None, None]
-            da_p = tl.where(first, 1.0, tl.exp(dlt_p[:, :, None] * a_mat[None, :, :]))
+            da_p = tl.where(first, 1.0, tl.exp2(dlt_p[:, :, None] * a2[None, :, :]))
             dbu_p = tl.where(first, 0.0, (dlt_p * u_p)[:, :, None] * bm_p[:, None, :])
             acc_a, acc_b = tl.associative_scan((da_p, dbu_p), 0, _combine)
             h_prev = acc_a * h0[None, :, :] + acc_b
-            da = tl.exp(dlt[:, :, None] * a_mat[None, :, :])
+            da = tl.exp2(dlt[:, :, None] * a2[None, :, :])
             h_cur = da * h_prev + (dlt * u)[:, :, None] * bm[:, None, :]
             # g_t = exp(delta_{t+1} A) g_{t+1} + C_t dy_t, a reverse scan; the step after the chunk
             # enters through the carried g
             _pn, _mn, _rn, dlt_n, _un, _bn = _load_tile(
                 u_base, dl_base, b_base, t + 1, k, L, H, W, offs_d, mask_d, offs_n, mask_n, bias,
                 su_l, su_d, sdl_l, sdl_d, sb_l, sb_n, CROSS, SOFTPLUS)
-            da_n = tl.exp(dlt_n[:, :, None] * a_mat[None, :, :])
+            da_n = tl.exp2(dlt_n[:, :, None] * a2[None, :, :])
             cdy = dy[:, :, None] * cm[:, None, :]
-            rev_a, rev_b = tl.associative_scan((da_n, cdy), 0, _combine, reverse=True)
+            if REV_FLIP:
+                # fallback for Triton builds whose reverse scan misorders a non-commutative combine
+                fa, fb = tl.associative_scan((tl.flip(da_n, 0), tl.flip(cdy, 0)), 0, _combine)
+                rev_a = tl.flip(fa, 0)
+                rev_b = tl.flip(fb, 0)
+            else:
+                rev_a, rev_b = tl.associative_scan((da_n, cdy), 0, _combine, reverse=True)
             gs = rev_b + rev_a * g[None, :, :]
             g = tl.sum(tl.where(first, gs, 0.0), axis=0)
 

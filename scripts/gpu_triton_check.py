@@ -1,0 +1,570 @@
+#!/usr/bin/env python
+"""GPU check of the fused Triton SS2D scan: parity, gradients, bf16, timings, tile sweep (one run).
+
+Run on the CUDA machine from the repository root::
+
+    python scripts/gpu_triton_check.py                 # everything, ~5-8 min (budget-guarded)
+    python scripts/gpu_triton_check.py --quick         # parity + default-config timings only
+    python scripts/gpu_triton_check.py --budget 300    # stop the tile sweep after 300 s in total
+
+Sections (each case catches and prints its own exception, so one failure does not hide the rest):
+
+1. fp32 parity of ``ss2d_scan_triton`` against a float64 plain-torch reference (flip/transpose cross-scan,
+   einsums, sequential recurrence, flip/transpose merge): output and the gradients of x and of all five
+   parameters, max-abs error relative to the reference's max-abs, on odd / non-square shapes and batch 1.
+   Also the plain ``selective_scan_triton`` (mamba_ssm layout) and, for scale, the published fp32 path
+   (torch einsums + mamba_ssm) against the same float64 reference.
+2. bf16 autocast sanity: output/gradients finite and close to fp32.
+3. Whole-network parity: VMUNet logits and input gradient with scan_backend triton vs torch (vs mamba_ssm).
+4. Timings at the VM-UNet 256x256 stage shapes (B=32): triton vs the published path (cross-scan copies,
+   einsums, fp32 cast, mamba_ssm or torch scan, cross-merge), forward (inference) and forward+backward,
+   fp32 and bf16 autocast, with peak memory.
+5. Tile-size sweep (bf16, forward and backward separately), with registers/spills of each compiled kernel,
+   and the recommended ``VMUNET_TRITON_SCAN`` setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from vmunet_monai.ops import ss2d_triton as st  # noqa: E402
+
+T0 = time.time()
+RESULTS: dict = {"failures": []}
+DEV = "cuda"  # "cpu" only for --cpu-smoke (Triton interpreter, tiny shapes: checks this script's own logic)
+
+
+def sync() -> None:
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+
+
+def log(msg: str = "") -> None:
+    print(msg, flush=True)
+
+
+def guarded(name: str):
+    """Decorator-less helper: run fn, print the exception with a short traceback, keep going."""
+
+    def run(fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # keep going: one failing case must not hide the others
+            RESULTS["failures"].append(f"{name}: {type(err).__name__}: {err}")
+            log(f"  !! {name}: {type(err).__name__}: {err}")
+            log("     " + "     ".join(traceback.format_exc().splitlines(True)[-6:]))
+            try:
+                sync()
+            except Exception:
+                pass
+            return None
+
+    return run
+
+
+# ---------------------------------------------------------------------------------------------------
+# reference and published paths
+# ---------------------------------------------------------------------------------------------------
+
+
+def cross_scan_ref(x):  # (B, D, H, W) -> (B, 4, D, L)
+    b, d, h, w = x.shape
+    x0 = x.reshape(b, d, h * w)
+    x1 = x.transpose(2, 3).reshape(b, d, h * w)
+    return torch.stack([x0, x1, x0.flip(-1), x1.flip(-1)], dim=1)
+
+
+def cross_merge_ref(out, h, w):  # (B, 4, D, L) -> (B, H, W, D)
+    b, _, d, length = out.shape
+    inv = out[:, 2:].flip(-1)
+    wh = out[:, 1].reshape(b, d, w, h).transpose(2, 3).reshape(b, d, length)
+    invwh = inv[:, 1].reshape(b, d, w, h).transpose(2, 3).reshape(b, d, length)
+    y = out[:, 0] + inv[:, 0] + wh + invwh
+    return y.transpose(1, 2).reshape(b, h, w, d)
+
+
+def scan_ref(u, delta, A, Bs, Cs, Ds, bias, softplus=True):
+    g = Bs.shape[1]
+    dm = u.shape[1] // g
+    delta = delta + bias[None, :, None] if bias is not None else delta
+    delta = F.softplus(delta) if softplus else delta
+    bx = Bs.repeat_interleave(dm, dim=1)
+    cx = Cs.repeat_interleave(dm, dim=1)
+    h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+    ys = []
+    for t in range(u.shape[2]):
+        h = torch.exp(delta[:, :, t, None] * A) * h + (delta[:, :, t] * u[:, :, t])[..., None] * bx[..., t]
+        ys.append((h * cx[..., t]).sum(-1))
+    y = torch.stack(ys, -1)
+    return (y + Ds[None, :, None] * u) if Ds is not None else y
+
+
+def mamba_scan_fn():
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+        return selective_scan_fn
+    except Exception:
+        return None
+
+
+def torch_scan_fn():
+    try:
+        from vmunet_monai.ops import selective_scan_fn
+
+        return lambda *a, **k: selective_scan_fn(*a, backend="torch", **k)
+    except Exception:
+        return None
+
+
+def ss2d_published(x, xw, dtw, dtb, A_logs, Ds, scan, dtype=torch.float32):
+    """forward_corev0: x (B, H, W, D) -> (B, H, W, D); ``scan`` has mamba_ssm's argument layout."""
+    b, h, w, d = x.shape
+    length = h * w
+    r = dtw.shape[2]
+    n = A_logs.shape[1]
+    xs = cross_scan_ref(x.permute(0, 3, 1, 2))
+    x_dbl = torch.einsum("bkdl,kcd->bkcl", xs, xw)
+    dts, bs, cs = torch.split(x_dbl, [r, n, n], dim=2)
+    dts = torch.einsum("bkrl,kdr->bkdl", dts, dtw)
+    if scan is None:
+        out = scan_ref(xs.to(dtype).reshape(b, -1, length), dts.to(dtype).reshape(b, -1, length),
+                       -torch.exp(A_logs.to(dtype)), bs.to(dtype), cs.to(dtype), Ds.to(dtype),
+                       dtb.to(dtype).reshape(-1))
+    else:
+        out = scan(xs.to(dtype).reshape(b, -1, length), dts.to(dtype).reshape(b, -1, length),
+                   -torch.exp(A_logs.to(dtype)), bs.to(dtype).contiguous(), cs.to(dtype).contiguous(), Ds.to(dtype),
+                   delta_bias=dtb.to(dtype).reshape(-1), delta_softplus=True)
+    return cross_merge_ref(out.view(b, 4, d, length), h, w)
+
+
+def make_params(d, n, r, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    k = 4
+    xw = (torch.rand(k, r + 2 * n, d, generator=g) * 2 - 1) / d ** 0.5
+    dtw = (torch.rand(k, d, r, generator=g) * 2 - 1) * r ** -0.5
+    lo, hi = math.log(1e-3), math.log(0.1)
+    dt = torch.exp(torch.rand(k, d, generator=g) * (hi - lo) + lo).clamp(min=1e-4)
+    dtb = dt + torch.log(-torch.expm1(-dt))
+    A_logs = torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(k * d, 1) + 0.1 * torch.randn(
+        k * d, n, generator=g)
+    Ds = 1 + 0.1 * torch.randn(k * d, generator=g)
+    return [p.to(device).requires_grad_() for p in (xw, dtw, dtb, A_logs, Ds)]
+
+
+def rel(a, b):
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-30)).item()
+
+
+NAMES = ["y", "dx", "dx_proj", "ddt_w", "ddt_b", "dA_logs", "dDs"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# 1. parity
+# ---------------------------------------------------------------------------------------------------
+
+
+def parity_case(b, h, w, d, n, r, tol=1e-4):
+    dev = DEV
+    torch.manual_seed(0)
+    params = make_params(d, n, r, dev)
+    x = torch.randn(b, h, w, d, device=dev, requires_grad=True)
+    go = torch.randn(b, h, w, d, device=dev)
+    y = st.ss2d_scan_triton(x, *params)
+    got = [y, *torch.autograd.grad(y, [x, *params], go)]
+    params64 = [p.detach().double().requires_grad_() for p in params]
+    x64 = x.detach().double().requires_grad_()
+    y64 = ss2d_published(x64, *params64, scan=None, dtype=torch.float64)
+    want = [y64, *torch.autograd.grad(y64, [x64, *params64], go.double())]
+    errs = [rel(a, c) for a, c in zip(got, want)]
+    pub = ""
+    mscan = mamba_scan_fn()
+    if mscan is not None:
+        yp = ss2d_published(x, *params, scan=mscan)
+        gp = [yp, *torch.autograd.grad(yp, [x, *params], go)]
+        pub = " | mamba_ssm fp32 path max err %.1e" % max(rel(a, c) for a, c in zip(gp, want))
+    ok = max(errs) < tol
+    log(f"  {'ok ' if ok else 'BAD'} B={b} H={h} W={w} D={d} N={n} R={r}: " +
+        " ".join(f"{nm}={e:.1e}" for nm, e in zip(NAMES, errs)) + pub)
+    if not ok:
+        RESULTS["failures"].append(f"parity B={b} H={h} W={w} D={d}: max rel err {max(errs):.2e} >= {tol}")
+    return errs
+
+
+def parity_generic():
+    dev = DEV
+    torch.manual_seed(1)
+    b, g, dm, n, length = GEN_SHAPE
+    u = torch.randn(b, g * dm, length, device=dev, requires_grad=True)
+    delta = (0.5 * torch.randn(b, g * dm, length, device=dev)).requires_grad_()
+    A = (-torch.rand(g * dm, n, device=dev) - 0.1).requires_grad_()
+    Bm = torch.randn(b, g, n, length, device=dev, requires_grad=True)
+    Cm = torch.randn(b, g, n, length, device=dev, requires_grad=True)
+    D = torch.randn(g * dm, device=dev, requires_grad=True)
+    bias = (0.1 * torch.randn(g * dm, device=dev)).requires_grad_()
+    ins = [u, delta, A, Bm, Cm, D, bias]
+    y = st.selective_scan_triton(u, delta, A, Bm, Cm, D, delta_bias=bias, delta_softplus=True)
+    go = torch.randn_like(y)
+    got = [y, *torch.autograd.grad(y, ins, go)]
+    ins64 = [t.detach().double().requires_grad_() for t in ins]
+    y64 = scan_ref(*ins64[:6], ins64[6], softplus=True)
+    want = [y64, *torch.autograd.grad(y64, ins64, go.double())]
+    errs = [rel(a, c) for a, c in zip(got, want)]
+    ok = max(errs) < 1e-4
+    log(f"  {'ok ' if ok else 'BAD'} selective_scan_triton B={b} G={g} D={dm} N={n} L={length}: " +
+        " ".join(f"{nm}={e:.1e}" for nm, e in zip("y du ddelta dA dB dC dD dbias".split(), errs)))
+    if not ok:
+        RESULTS["failures"].append(f"generic selective scan parity: max rel err {max(errs):.2e}")
+
+
+DET_SHAPE = (4, 32, 32, 384)
+GEN_SHAPE = (2, 4, 48, 16, 333)  # B, G, D, N, L of the plain selective-scan parity case
+
+
+def determinism_case():
+    torch.manual_seed(3)
+    params = make_params(DET_SHAPE[-1], N_STATE, max(1, math.ceil(DET_SHAPE[-1] / 32)), DEV)
+    x = torch.randn(*DET_SHAPE, device=DEV, requires_grad=True)
+    go = torch.randn_like(x)
+    a = torch.autograd.grad(st.ss2d_scan_triton(x, *params), [x, *params], go)
+    c = torch.autograd.grad(st.ss2d_scan_triton(x, *params), [x, *params], go)
+    same = all(torch.equal(p, q) for p, q in zip(a, c))
+    log(f"  {'ok ' if same else 'BAD'} backward bitwise deterministic over two runs {DET_SHAPE}: {same}")
+    if not same:
+        RESULTS["failures"].append("backward not deterministic")
+
+
+# ---------------------------------------------------------------------------------------------------
+# 2. bf16
+# ---------------------------------------------------------------------------------------------------
+
+
+def bf16_case(b, h, w, d, n, r):
+    torch.manual_seed(2)
+    params = make_params(d, n, r, DEV)
+    x = torch.randn(b, h, w, d, device=DEV, requires_grad=True)
+    go = torch.randn(b, h, w, d, device=DEV)
+    y32 = st.ss2d_scan_triton(x, *params)
+    g32 = torch.autograd.grad(y32, [x, *params], go)
+    with torch.autocast(DEV, dtype=torch.bfloat16):
+        y16 = st.ss2d_scan_triton(x.to(torch.bfloat16), *params)
+    g16 = torch.autograd.grad(y16, [x, *params], go)
+    finite = all(torch.isfinite(t.float()).all().item() for t in [y16, *g16])
+    errs = [rel(y16, y32)] + [rel(a, c) for a, c in zip(g16, g32)]
+    log(f"  {'ok ' if finite and errs[0] < 5e-2 else 'BAD'} bf16 autocast B={b} {h}x{w} D={d}: y dtype {y16.dtype}, "
+        f"finite={finite}, rel err vs fp32: " + " ".join(f"{nm}={e:.1e}" for nm, e in zip(NAMES, errs)))
+
+
+# ---------------------------------------------------------------------------------------------------
+# 3. network parity
+# ---------------------------------------------------------------------------------------------------
+
+
+def network_case():
+    from vmunet_monai.networks.nets import VMUNet
+
+    torch.manual_seed(5)
+    kw = {} if DEV == "cuda" else dict(dims=(8, 16, 32, 64), depths=(1, 1, 1, 1), depths_decoder=(1, 1, 1, 1),
+                                       d_state=4)
+    net = VMUNet(drop_path_rate=0.0, **kw).to(DEV).eval()
+    x = torch.randn(2 if DEV == "cuda" else 1, 3, 64 if DEV == "cuda" else 32, 64 if DEV == "cuda" else 32,
+                    device=DEV)
+    outs = {}
+    backends = ["torch", "triton"] + (["mamba_ssm"] if mamba_scan_fn() is not None and DEV == "cuda" else [])
+    for be in backends:
+        try:
+            net.set_scan_backend(be)
+            xi = x.clone().requires_grad_()
+            y = net(xi)
+            (gx,) = torch.autograd.grad(y.square().mean(), [xi])
+            outs[be] = (y.detach(), gx)
+        except Exception as err:
+            log(f"  !! network backend {be}: {type(err).__name__}: {err}")
+    ref = outs.get("mamba_ssm", outs.get("torch"))
+    for be, (y, gx) in outs.items():
+        log(f"  network B=2 64x64 paper config, backend {be:9s}: logits rel err {rel(y, ref[0]):.1e}, "
+            f"input-grad rel err {rel(gx, ref[1]):.1e} (vs {'mamba_ssm' if 'mamba_ssm' in outs else 'torch'})")
+
+
+# ---------------------------------------------------------------------------------------------------
+# 4. timings
+# ---------------------------------------------------------------------------------------------------
+
+STAGES = [(64, 64, 192, 6, 3), (32, 32, 384, 12, 4), (16, 16, 768, 24, 4), (8, 8, 1536, 48, 4)]  # H W D R blocks
+N_STATE = 16
+
+
+def cuda_time(fn, warmup=3, iters=10):
+    if DEV != "cuda":
+        fn()
+        t = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t) * 1e3
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / iters
+
+
+def timed_paths():
+    paths = {"triton": lambda x, p: st.ss2d_scan_triton(x, *p)}
+    m = mamba_scan_fn()
+    if m is not None:
+        paths["published+mamba_ssm"] = lambda x, p: ss2d_published(x, *p, scan=m)
+    else:
+        log("  (mamba_ssm not importable: no published+mamba_ssm column)")
+    t = torch_scan_fn()
+    if t is not None:
+        paths["published+torch"] = lambda x, p: ss2d_published(x, *p, scan=t)
+    return paths
+
+
+def time_stage(name, fn, b, h, w, d, r, bf16, train):
+    params = make_params(d, N_STATE, r, DEV)
+    x = torch.randn(b, h, w, d, device=DEV, requires_grad=train)
+    go = torch.randn(b, h, w, d, device=DEV)
+
+    def step():
+        with torch.autocast(DEV, dtype=torch.bfloat16, enabled=bf16):
+            xin = x.to(torch.bfloat16) if bf16 else x
+            if train:
+                y = fn(xin, params)
+                y.backward(go)
+            else:
+                with torch.no_grad():
+                    fn(xin, params)
+
+    if DEV != "cuda":
+        return cuda_time(step), float("nan")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    ms = cuda_time(step, warmup=2, iters=5 if h >= 64 and "torch" in name else 10)
+    peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    return ms, peak
+
+
+def timings(batch):
+    paths = timed_paths()
+    log(f"  B={batch}; ms per SS2D core call (peak extra MiB); 'blocks' = SS2D blocks at that stage in VM-UNet")
+    header = f"  {'stage':>18} {'mode':>10} " + " ".join(f"{p:>26}" for p in paths)
+    log(header)
+    totals = {}
+    for h, w, d, r, nblk in STAGES:
+        for bf16 in (False, True):
+            for train in (False, True):
+                mode = ("bf16" if bf16 else "fp32") + ("-train" if train else "-infer")
+                cells = []
+                for pname, fn in paths.items():
+                    res = guarded(f"time {pname} {h}x{w} D={d} {mode}")(time_stage, pname, fn, batch, h, w, d, r,
+                                                                      bf16, train)
+                    if res is None:
+                        cells.append(f"{'error':>26}")
+                    else:
+                        cells.append(f"{res[0]:>12.3f} ms ({res[1]:>7.0f})")
+                        totals.setdefault((pname, mode), 0.0)
+                        totals[(pname, mode)] += res[0] * nblk
+                    if DEV == "cuda":
+                        torch.cuda.empty_cache()
+                log(f"  {f'{h}x{w} D={d} x{nblk}':>18} {mode:>10} " + " ".join(cells))
+    log("  whole-network SS2D-core time per step (sum over the 15 blocks), ms:")
+    for mode in ("fp32-infer", "fp32-train", "bf16-infer", "bf16-train"):
+        log(f"    {mode:>10}: " + "  ".join(f"{p}={totals.get((p, mode), float('nan')):.2f}" for p in paths))
+    RESULTS["timing_totals"] = totals
+
+
+# ---------------------------------------------------------------------------------------------------
+# 5. sweep
+# ---------------------------------------------------------------------------------------------------
+
+FWD_CANDIDATES = [(16, 16, 4), (32, 16, 4), (32, 16, 8), (64, 16, 8), (16, 32, 4), (32, 32, 8), (64, 8, 4),
+                  (128, 8, 8), (16, 8, 2)]
+BWD_CANDIDATES = [(16, 16, 4), (16, 16, 8), (32, 16, 8), (16, 32, 8), (8, 32, 4), (32, 8, 4), (16, 8, 4),
+                  (8, 16, 2), (64, 8, 8)]
+
+
+def sweep(batch, budget_s):
+    default = st.get_config()
+    best_fwd = {}
+    best_bwd = {}
+    log("  forward (bf16 inference) ms per stage; regs/spills of the compiled kernel")
+    log("  " + f"{'BL,BD,warps':>14} " + " ".join(f"{f'{h}x{w} D={d}':>16}" for h, w, d, _, _ in STAGES) +
+        f" {'weighted':>10}  regs/spills")
+    fwd_scores = {}
+    for bl, bd, nw in FWD_CANDIDATES:
+        if time.time() - T0 > budget_s:
+            log("  (budget reached, sweep stopped)")
+            break
+        seg = max(64, bl, default.bwd_block_l)
+        st.set_config(default, fwd_block_l=bl, fwd_block_d=bd, fwd_warps=nw, seg_len=seg)
+        cells, total = [], 0.0
+        for h, w, d, r, nblk in STAGES:
+            res = guarded(f"sweep fwd {bl},{bd},{nw} {h}x{w}")(
+                time_stage, "triton", lambda x, p: st.ss2d_scan_triton(x, *p), batch, h, w, d, r, True, False)
+            if res is None:
+                cells.append(f"{'error':>16}")
+                total = float("inf")
+            else:
+                cells.append(f"{res[0]:>13.3f} ms")
+                total += res[0] * nblk
+                if res[0] < best_fwd.get((h, d), (float("inf"),))[0]:
+                    best_fwd[(h, d)] = (res[0], (bl, bd, nw))
+        info = st.kernel_info().get("fwd", {})
+        fwd_scores[(bl, bd, nw)] = total
+        log(f"  {f'{bl},{bd},{nw}':>14} " + " ".join(cells) + f" {total:>10.2f}  {info.get('n_regs')}/{info.get('n_spills')}")
+    fbest = min(fwd_scores, key=fwd_scores.get) if fwd_scores else (default.fwd_block_l, default.fwd_block_d,
+                                                                      default.fwd_warps)
+    log(f"  best forward overall: BL,BD,warps = {fbest}")
+
+    log("  forward+backward (bf16 training) ms per stage with the best forward; regs/spills of the backward kernel")
+    bwd_scores = {}
+    for bl, bd, nw in BWD_CANDIDATES:
+        if time.time() - T0 > budget_s:
+            log("  (budget reached, sweep stopped)")
+            break
+        seg = max(64, bl, fbest[0])
+        st.set_config(default, fwd_block_l=fbest[0], fwd_block_d=fbest[1], fwd_warps=fbest[2], bwd_block_l=bl,
+                      bwd_block_d=bd, bwd_warps=nw, seg_len=seg)
+        cells, total = [], 0.0
+        for h, w, d, r, nblk in STAGES:
+            res = guarded(f"sweep bwd {bl},{bd},{nw} {h}x{w}")(
+                time_stage, "triton", lambda x, p: st.ss2d_scan_triton(x, *p), batch, h, w, d, r, True, True)
+            if res is None:
+                cells.append(f"{'error':>16}")
+                total = float("inf")
+            else:
+                cells.append(f"{res[0]:>9.3f}ms/{res[1]:>4.0f}M")
+                total += res[0] * nblk
+                if res[0] < best_bwd.get((h, d), (float("inf"),))[0]:
+                    best_bwd[(h, d)] = (res[0], (bl, bd, nw))
+        info = st.kernel_info().get("bwd", {})
+        bwd_scores[(bl, bd, nw)] = total
+        log(f"  {f'{bl},{bd},{nw}':>14} " + " ".join(cells) + f" {total:>10.2f}  {info.get('n_regs')}/{info.get('n_spills')}")
+    bbest = min(bwd_scores, key=bwd_scores.get) if bwd_scores else (default.bwd_block_l, default.bwd_block_d,
+                                                                      default.bwd_warps)
+    # seg_len: memory vs recomputation
+    seg_res = []
+    for seg in (max(64, fbest[0], bbest[0]), max(128, fbest[0], bbest[0]), max(256, fbest[0], bbest[0])):
+        if time.time() - T0 > budget_s:
+            break
+        st.set_config(default, fwd_block_l=fbest[0], fwd_block_d=fbest[1], fwd_warps=fbest[2], bwd_block_l=bbest[0],
+                      bwd_block_d=bbest[1], bwd_warps=bbest[2], seg_len=seg)
+        h, w, d, r, _ = STAGES[0]
+        res = guarded(f"seg {seg}")(time_stage, "triton", lambda x, p: st.ss2d_scan_triton(x, *p), batch, h, w, d, r,
+                                    True, True)
+        if res is not None:
+            seg_res.append((seg, res))
+            log(f"  seg_len={seg}: stage-1 bf16 train {res[0]:.3f} ms, peak extra {res[1]:.0f} MiB")
+    seg_best = min(seg_res, key=lambda s: s[1][0])[0] if seg_res else default.seg_len
+    log("  per-stage best forward: " + ", ".join(f"{h}/{d}: {v[1]} {v[0]:.3f}ms" for (h, d), v in best_fwd.items()))
+    log("  per-stage best fwd+bwd: " + ", ".join(f"{h}/{d}: {v[1]} {v[0]:.3f}ms" for (h, d), v in best_bwd.items()))
+    rec = (f"fwd_block_l={fbest[0]},fwd_block_d={fbest[1]},fwd_warps={fbest[2]},bwd_block_l={bbest[0]},"
+           f"bwd_block_d={bbest[1]},bwd_warps={bbest[2]},seg_len={seg_best}"
+           + (",bwd_rev_flip=1" if default.bwd_rev_flip else ""))
+    log(f"  RECOMMENDED: VMUNET_TRITON_SCAN={rec}")
+    st.set_config(default)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="parity and default timings only (no sweep)")
+    parser.add_argument("--batch", type=int, default=None, help="batch for timings (default 32; 1 with --cpu-smoke)")
+    parser.add_argument("--budget", type=float, default=480.0, help="seconds after which the sweep stops")
+    parser.add_argument("--cpu-smoke", action="store_true",
+                        help="run this script's logic on CPU through the Triton interpreter with tiny shapes")
+    args = parser.parse_args()
+    global DEV, STAGES, N_STATE, DET_SHAPE, GEN_SHAPE, FWD_CANDIDATES, BWD_CANDIDATES
+    parity_cases = [(1, 3, 5, 32, 16, 2), (1, 7, 7, 96, 16, 6), (2, 13, 9, 64, 16, 4), (2, 16, 16, 192, 16, 12),
+                    (1, 28, 28, 384, 16, 24), (3, 14, 14, 768, 16, 48), (2, 8, 8, 1536, 16, 48), (1, 1, 1, 16, 16, 1),
+                    (1, 56, 56, 96, 4, 6)]
+    alt_case = (2, 19, 23, 64, 16, 4)
+    bf16_cases = [(2, 32, 32, 384, 16, 24), (1, 7, 7, 1536, 16, 48)]
+    if args.cpu_smoke:
+        DEV = "cpu"
+        STAGES = [(4, 4, 8, 1, 1), (2, 2, 16, 1, 1)]
+        N_STATE = 4
+        DET_SHAPE = (1, 3, 4, 8)
+        GEN_SHAPE = (1, 2, 4, 4, 9)
+        FWD_CANDIDATES = FWD_CANDIDATES[:2]
+        BWD_CANDIDATES = BWD_CANDIDATES[:2]
+        parity_cases = [(1, 3, 5, 6, 4, 2), (1, 1, 1, 4, 4, 1)]
+        alt_case = (1, 2, 3, 4, 4, 1)
+        bf16_cases = [(1, 3, 3, 8, 4, 1)]
+        if not os.environ.get("TRITON_INTERPRET"):
+            sys.exit("--cpu-smoke needs TRITON_INTERPRET=1 in the environment")
+    elif not torch.cuda.is_available():
+        sys.exit("gpu_triton_check.py needs a CUDA GPU (or --cpu-smoke with TRITON_INTERPRET=1)")
+    if args.batch is None:
+        args.batch = 1 if args.cpu_smoke else 32
+    import triton
+
+    gpu = torch.cuda.get_device_name() if DEV == "cuda" else "none (cpu smoke run)"
+    log(f"torch {torch.__version__}, triton {triton.__version__}, GPU {gpu}, "
+        f"mamba_ssm {'yes' if mamba_scan_fn() is not None else 'no'}")
+    log(f"default config: {st.get_config()}")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+    log("\n[1] fp32 parity vs float64 reference (max|err| / max|ref|, tolerance 1e-4)")
+    for case in parity_cases:
+        guarded(f"parity {case}")(parity_case, *case)
+    n_bad = len(RESULTS["failures"])
+    before = st.get_config()
+    st.set_config(bwd_rev_flip=1)
+    log("  backward with bwd_rev_flip=1 (flip/scan/flip instead of tl.associative_scan(reverse=True)):")
+    flip_errs = guarded("parity rev_flip")(parity_case, *alt_case)
+    st.set_config(before)
+    if n_bad and flip_errs is not None and max(flip_errs) < 1e-4:
+        st.set_config(bwd_rev_flip=1)
+        log("  !! default parity failed but the flip fallback passes: using bwd_rev_flip=1 for the rest of this run "
+            "(set VMUNET_TRITON_SCAN=...,bwd_rev_flip=1)")
+    for cfg in (dict(fwd_block_l=16, bwd_block_l=16, seg_len=16), dict(fwd_block_l=64, bwd_block_l=8, seg_len=256)):
+        before = st.get_config()
+        st.set_config(**cfg)
+        log(f"  config {cfg}:")
+        guarded(f"parity cfg {cfg}")(parity_case, *alt_case)
+        st.set_config(before)
+    guarded("generic parity")(parity_generic)
+    guarded("determinism")(determinism_case)
+    info = st.kernel_info()
+    log(f"  default-config kernels: forward regs/spills {info.get('fwd')}, backward {info.get('bwd')}")
+
+    log("\n[2] bf16 autocast sanity")
+    for case in bf16_cases:
+        guarded("bf16")(bf16_case, *case)
+
+    log("\n[3] whole-network parity (VMUNet paper config, eval mode)")
+    guarded("network")(network_case)
+
+    log("\n[4] timings at the 256x256 stage shapes (default config)")
+    guarded("timings")(timings, args.batch)
+
+    if not args.quick:
+        log(f"\n[5] tile sweep (stops at {args.budget:.0f} s total)")
+        guarded("sweep")(sweep, args.batch, args.budget)
+
+    log(f"\ndone in {time.time() - T0:.0f} s; failures: {len(RESULTS['failures'])}")
+    for f in RESULTS["failures"]:
+        log(f"  - {f}")
+
+
+if __name__ == "__main__":
+    main()
