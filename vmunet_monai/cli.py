@@ -19,6 +19,7 @@ COMMANDS = {
     "convert_weights": "vmunet_monai.weights:convert_weights",
     "benchmark": "vmunet_monai.benchmark:benchmark",
     "export": "vmunet_monai.export:export",
+    "monailabel_app": "vmunet_monai.monailabel_app:prepare_app",
 }
 
 
