@@ -293,7 +293,7 @@ def network_case():
             log(f"  !! network backend {be}: {type(err).__name__}: {err}")
     ref = outs.get("mamba_ssm", outs.get("torch"))
     for be, (y, gx) in outs.items():
-        log(f"  network B=2 64x64 paper config, backend {be:9s}: logits rel err {rel(y, ref[0]):.1e}, "
+        log(f"  network {tuple(x.shape)}, backend {be:9s}: logits rel err {rel(y, ref[0]):.1e}, "
             f"input-grad rel err {rel(gx, ref[1]):.1e} (vs {'mamba_ssm' if 'mamba_ssm' in outs else 'torch'})")
 
 

@@ -164,6 +164,12 @@ def test_selective_scan_matches_reference_layouts_and_options():
                                torch.autograd.grad(y_ref, inputs, go)):
         assert rel_err(got, want) < 1e-4, name
 
+    # through the public registry entry point
+    from vmunet_monai.ops import selective_scan_fn
+
+    y_reg = selective_scan_fn(u, delta, A, Bm, Cm, D, delta_bias=bias, delta_softplus=True, backend="triton")
+    assert torch.equal(y_reg, y)
+
     # no softplus, no D, no bias, one group given as 3-dim B/C; delta must stay positive without softplus
     dpos = delta.detach().abs()
     y2 = st.selective_scan_triton(u, dpos, A, Bm[:, 0], Cm[:, 0])

@@ -75,12 +75,14 @@ class ScanConfig:
             of ``tl.associative_scan(reverse=True)`` (a fallback for Triton builds with a faulty reverse scan).
     """
 
-    fwd_block_l: int = 32
+    # defaults keep each (BLOCK_L, BLOCK_D, N) fp32 tile at <= 32 values per thread (no register spills
+    # expected); scripts/gpu_triton_check.py sweeps the alternatives on the GPU
+    fwd_block_l: int = 16
     fwd_block_d: int = 16
     fwd_warps: int = 4
     bwd_block_l: int = 16
     bwd_block_d: int = 16
-    bwd_warps: int = 4
+    bwd_warps: int = 8
     seg_len: int = 64
     bwd_rev_flip: int = 0
 
@@ -280,8 +282,9 @@ def _scan_backward(u4, dl4, b4, c4, A, Dskip, bias, dy4, states, du4, H, W, cros
     dev = dl4.device
     ddl_store = torch.empty((K, Bsz, L, DM), device=dev, dtype=dl4.dtype)
     ddl4 = ddl_store.permute(1, 0, 2, 3)
-    db_part = torch.empty((n_dblk, Bsz, K, L, N), device=dev, dtype=torch.float32)
-    dc_part = torch.empty((n_dblk, Bsz, K, L, N), device=dev, dtype=torch.float32)
+    part_dtype = _partial_dtype(b4.dtype)
+    db_part = torch.empty((n_dblk, Bsz, K, L, N), device=dev, dtype=part_dtype)
+    dc_part = torch.empty((n_dblk, Bsz, K, L, N), device=dev, dtype=part_dtype)
     da_part = torch.empty((Bsz, K * DM, N), device=dev, dtype=torch.float32)
     dd_part = torch.empty((Bsz, K * DM), device=dev, dtype=torch.float32)
     scratch = torch.empty((Bsz * K * n_dblk * cps * cfg.bwd_block_d * NP if cps > 1 else 1,),
@@ -301,14 +304,24 @@ def _scan_backward(u4, dl4, b4, c4, A, Dskip, bias, dy4, states, du4, H, W, cros
         CROSS=cross, SOFTPLUS=softplus, HAS_D=Dskip is not None, HAS_BIAS=bias is not None,
         REV_FLIP=bool(cfg.bwd_rev_flip), num_warps=cfg.bwd_warps,
     )
-    # deterministic reductions of the per-program partials
-    db = db_part.sum(0) if n_dblk > 1 else db_part[0]
-    dc = dc_part.sum(0) if n_dblk > 1 else dc_part[0]
+    # deterministic reductions of the per-program partials (accumulated in fp32)
+    db = db_part.sum(0, dtype=torch.float32) if n_dblk > 1 else db_part[0].float()
+    dc = dc_part.sum(0, dtype=torch.float32) if n_dblk > 1 else dc_part[0].float()
     return ddl_store, db, dc, da_part.sum(0), dd_part.sum(0)
 
 
 def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def _partial_dtype(activation_dtype: torch.dtype) -> torch.dtype:
+    """dtype of the per-program gradient partials (summed in fp32 afterwards).
+
+    With 16-bit activations (autocast) the gradients handed back are 16-bit anyway, so the partials
+    are stored in that dtype: half the transient memory of the backward (about 0.6 GB less at the
+    first VM-UNet stage, batch 32). fp32 activations keep fp32 partials (fp32 parity).
+    """
+    return activation_dtype if activation_dtype in (torch.float16, torch.bfloat16) else torch.float32
 
 
 # --------------------------------------------------------------------------------------------------
@@ -371,12 +384,12 @@ class _SS2DScanFunction(torch.autograd.Function):
         u4, dl4, b4, c4 = _SS2DScanFunction._views(u, x_dbl, delta, r, n)
         dy = dy.contiguous()
         dy4 = dy.unsqueeze(1).expand(bsz, k, length, dm)
-        du_parts = torch.empty((k, bsz, length, dm), device=u.device, dtype=torch.float32)
+        du_parts = torch.empty((k, bsz, length, dm), device=u.device, dtype=_partial_dtype(u.dtype))
         du4 = du_parts.permute(1, 0, 2, 3)
         ddelta, db, dc, dA, dD = _scan_backward(
             u4, dl4, b4, c4, A, Ds, delta_bias, dy4, states, du4, H, W, True, True, cfg, ctx.cfg)
         del delta
-        du = du_parts.sum(0).to(u.dtype)
+        du = du_parts.sum(0, dtype=torch.float32).to(u.dtype)
         d_bias = ddelta.sum((1, 2), dtype=torch.float32).reshape(-1)
         # dt projection backward (the GEMMs autograd would have run), in the activations' dtype
         ddelta_k = ddelta.view(k, bsz * length, dm)
