@@ -146,7 +146,8 @@ def test_kill_and_resume(tmp_path):
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(args, cwd=root, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 400
-        while not latest.exists() and proc.poll() is None and time.time() < deadline:
+        history_file = root / "eval" / "history.json"
+        while not (latest.exists() and history_file.exists()) and proc.poll() is None and time.time() < deadline:
             time.sleep(0.1)
         os.killpg(proc.pid, signal.SIGKILL)  # kill -9 while epoch 2 runs
         proc.wait()
@@ -176,10 +177,13 @@ def test_cli_train_evaluate_infer_and_bad_input(tmp_path):
     assert (tmp_path / "models" / "model.pt").is_file()
     _run([cli, "evaluate", "--bundle_root", str(root), "--eval_split", "validation", *dirs], cwd=tmp_path)
     assert json.loads((tmp_path / "out" / "evaluation" / "metrics.json").read_text())["num_images"] == 4
-    images = root / "sample_data" / "isic" / "images"
+    images = tmp_path / "three_images"
+    images.mkdir()
+    for source in sorted((root / "sample_data" / "isic" / "images").glob("*.jpg"))[:3]:
+        (images / source.name).write_bytes(source.read_bytes())
     _run([cli, "infer", "--bundle_root", str(root), "--input_dir", str(images), "--ckpt_dir", str(tmp_path / "models"),
           "--output_dir", str(tmp_path / "pred"), "--save_overlay", "False"], cwd=tmp_path)
-    assert len(list((tmp_path / "pred").glob("*_seg.png"))) == 36 and not list((tmp_path / "pred").glob("*_overlay.png"))
+    assert len(list((tmp_path / "pred").glob("*_seg.png"))) == 3 and not list((tmp_path / "pred").glob("*_overlay.png"))
     (tmp_path / "empty").mkdir()
     bad = subprocess.run([cli, "infer", "--bundle_root", str(root), "--input_dir", str(tmp_path / "empty"), *dirs],
                          cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)

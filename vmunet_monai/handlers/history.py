@@ -62,7 +62,9 @@ class TrainingHistory:
     (prefixed as the validator names them, e.g. ``val_dsc``, ``val_miou``), when it ran that epoch.
     On resume, rows after the resumed epoch are discarded. Only rank 0 writes.
 
-    Attach it to the trainer after ``ValidationHandler`` (so the epoch's validation metrics exist).
+    Attach it to the trainer after ``ValidationHandler`` (so the epoch's validation metrics exist) and
+    before ``LatestCheckpointer``: a kill between the two writes then leaves a history row that the
+    resumed run replaces, never a checkpoint without its row.
 
     Args:
         output_dir: folder of the three files.
@@ -80,6 +82,7 @@ class TrainingHistory:
         self._lr = None
         self._epoch_start = 0.0
         self._validated_epoch = -1
+        self._resumed_rows_loaded = False
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self._started)
@@ -93,16 +96,23 @@ class TrainingHistory:
         self._validated_epoch = int(engine.state.epoch)
 
     def _started(self, engine: Engine) -> None:
+        self._resumed_rows_loaded = False
+
+    def _load_previous_rows(self, engine: Engine) -> None:
+        # at the first EPOCH_STARTED the epoch counter already includes a resume (whatever the handler
+        # order at STARTED): keep the rows of the epochs before it, drop rows of an epoch that was redone
         path = self.output_dir / "history.json"
-        if engine.state.epoch > 0 and path.is_file():  # resumed: keep the rows of the epochs already done
+        self.rows = []
+        if engine.state.epoch > 1 and path.is_file():
             try:
-                self.rows = [r for r in json.loads(path.read_text()) if r["epoch"] <= engine.state.epoch]
+                self.rows = [r for r in json.loads(path.read_text()) if r["epoch"] < engine.state.epoch]
             except (OSError, ValueError, KeyError, TypeError):
                 self.rows = []
-        else:
-            self.rows = []
+        self._resumed_rows_loaded = True
 
     def _epoch_started(self, engine: Engine) -> None:
+        if not self._resumed_rows_loaded:
+            self._load_previous_rows(engine)
         self._loss_sum, self._loss_count = 0.0, 0
         self._lr = self.optimizer.param_groups[0]["lr"] if self.optimizer is not None else None
         self._epoch_start = time.perf_counter()
