@@ -296,3 +296,21 @@ def test_simpleitk_reader_bad_input(tmp_path):
     (tmp_path / "broken.nii.gz").write_bytes(b"\x1f\x8b broken")
     with pytest.raises(SynapseDataError, match="broken.nii.gz: SimpleITK cannot read it"):
         SimpleITKReader().read(str(tmp_path / "broken.nii.gz"))
+
+
+def test_spacing_file_from_raw_btcv_feeds_the_h5_reader(tmp_path):
+    from vmunet_monai.data.synapse_prepare import write_spacing_file
+
+    raw = _fake_btcv(tmp_path / "Training", [1, 2])
+    table = write_spacing_file(str(raw), str(tmp_path / "spacing.json"))
+    assert table == {"case0001": [0.7, 0.7, 2.5], "case0002": [0.7, 0.7, 2.5]}
+    with h5py.File(tmp_path / "case0002.npy.h5", "w") as h:  # TransUNet style: no spacing attribute
+        h["image"], h["label"] = np.zeros((3, 4, 4), np.float32), np.zeros((3, 4, 4), np.float32)
+    d = LoadImaged("label", reader=SynapseH5Reader("label", spacing_file=tmp_path / "spacing.json"))(
+        {"label": str(tmp_path / "case0002.npy.h5")}
+    )
+    np.testing.assert_allclose(np.diag(d["label"].affine.numpy()), [-0.7, -0.7, 2.5, 1])
+    assert bool(d["label"].meta["spacing_known"])
+    (tmp_path / "bad.json").write_text('{"case0002": [1, 2]}')
+    with pytest.raises(SynapseDataError, match="bad.json: case"):
+        SynapseH5Reader("label", spacing_file=tmp_path / "bad.json")

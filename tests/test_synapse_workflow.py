@@ -107,9 +107,12 @@ def test_bundle_train_then_evaluate_on_case0031(case0031_dataset, tmp_path):
     assert info["image_size"] == 64 and info["network"]["dims"] == [8, 16, 32, 64]
     assert (bundle_root / "eval" / "synapse" / "validation" / "synapse_summary.md").is_file()
 
-    # evaluation rebuilds the tiny network from synapse_model_info.json: no network overrides here
+    # evaluation rebuilds the tiny network from synapse_model_info.json: no network overrides here;
+    # a spacing file (as written from raw BTCV headers) gives HD95 in mm as well
+    spacing_file = tmp_path / "spacing.json"
+    spacing_file.write_text('{"case0031": [0.8, 0.8, 3.0]}')
     evaluate = _workflow(
-        ["synapse_train.json", "synapse_evaluate.json"], tmp_path, "eval",
+        ["synapse_train.json", "synapse_evaluate.json"], tmp_path, "eval", spacing_file=str(spacing_file),
         save_volumes=True, empty_rule="published", **{k: v for k, v in common.items() if k != "image_size"},
     )
     evaluate.run()
@@ -120,7 +123,13 @@ def test_bundle_train_then_evaluate_on_case0031(case0031_dataset, tmp_path):
     assert [r["organ"] for r in rows][:2] == ["aorta", "gallbladder"] and len(rows) == 8
     assert all(r["case"] == "case0031" and r["empty_rule"] == "published" for r in rows)
     assert all(0.0 <= float(r["dice"]) <= 1.0 for r in rows)
-    assert all(r["spacing_known"] == "False" for r in rows)  # TransUNet-style h5: HD95 in voxels only
+    assert all(r["spacing_known"] == "True" and r["spacing_mm"] == "0.8 0.8 3" for r in rows)
+    for r in rows:  # published rule: every value is defined; mm lies between 0.8x and 3x the voxel value
+        assert not np.isnan(float(r["hd95_mm"])) and not np.isnan(float(r["hd95_vox"]))
+        if r["status"] == "both":
+            assert 0.8 * float(r["hd95_vox"]) - 1e-3 <= float(r["hd95_mm"]) <= 3.0 * float(r["hd95_vox"]) + 1e-3
+    with open(bundle_root / "eval" / "synapse" / "validation" / "synapse_per_case.csv") as f:
+        assert all(r["spacing_known"] == "False" for r in csv.DictReader(f))  # TransUNet-style h5: voxels only
     summary = (out / "synapse_summary.md").read_text()
     assert "| Model | DSC | HD95 (vox) |" in summary and "Aorta" in summary and "empty-mask rule: published" in summary
     pred = nib.load(out / "volumes" / "case0031_pred.nii.gz")

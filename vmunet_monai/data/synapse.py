@@ -46,6 +46,7 @@ __all__ = [
     "synapse_train_datalist",
     "synapse_test_datalist",
     "lps_affine",
+    "load_spacing_file",
     "SynapseNpzReader",
     "SynapseH5Reader",
     "SimpleITKReader",
@@ -323,28 +324,58 @@ class SynapseNpzReader(ImageReader):
         return arr, _meta(arr.shape, np.eye(3))
 
 
+def load_spacing_file(path: str | os.PathLike | None) -> dict[str, tuple[float, float, float]]:
+    """Read ``{"case0001": [s_row, s_col, s_slice], ...}`` (mm), as written by
+    :func:`~vmunet_monai.data.synapse_prepare.write_spacing_file`; ``None`` gives ``{}``."""
+    if path is None:
+        return {}
+    import json
+
+    p = Path(path)
+    try:
+        raw = json.loads(p.read_text())
+        table = {str(k): tuple(float(v) for v in vals) for k, vals in raw.items()}
+    except FileNotFoundError as e:
+        raise SynapseDataError(f"{p}: spacing file not found.") from e
+    except Exception as e:
+        raise SynapseDataError(f"{p}: expected a JSON object case -> [3 spacings in mm] ({type(e).__name__}: {e}).") from e
+    bad = [k for k, v in table.items() if len(v) != 3 or not all(x > 0 for x in v)]
+    if bad:
+        raise SynapseDataError(f"{p}: case(s) {bad[:3]} do not have 3 positive spacings.")
+    return table
+
+
 class SynapseH5Reader(ImageReader):
     """MONAI ``ImageReader`` for TransUNet ``.npy.h5`` volumes: returns ``key`` as ``(H, W, D)``.
 
     Slices move to the last axis so that ``SliceInferer(spatial_dim=2)`` slides over them. The affine is
-    :func:`lps_affine` of the file's ``spacing`` attribute; the meta key ``spacing_known`` says whether
-    the file had one (TransUNet's published volumes do not: their spacing is then 1, i.e. voxels).
+    :func:`lps_affine` of the voxel spacing: the file's ``spacing`` attribute, else the case's entry of
+    ``spacing_file``; the meta key ``spacing_known`` says whether one was found (TransUNet's published
+    volumes carry none: their spacing is then 1 and HD95 is reported in voxels only).
 
     Args:
         key: ``"image"`` or ``"label"``.
         num_classes: label range check.
         require_label: also require (and validate) the ``label`` dataset when reading ``image``.
+        spacing_file: optional JSON ``{case: [s_row, s_col, s_slice]}`` for volumes without the attribute.
 
     Example:
         >>> from monai.transforms import LoadImaged
         >>> load = LoadImaged("image", reader=SynapseH5Reader("image"), ensure_channel_first=True)
     """
 
-    def __init__(self, key: str = "image", num_classes: int = SYNAPSE_NUM_CLASSES, require_label: bool = True) -> None:
+    def __init__(
+        self,
+        key: str = "image",
+        num_classes: int = SYNAPSE_NUM_CLASSES,
+        require_label: bool = True,
+        spacing_file: str | os.PathLike | None = None,
+    ) -> None:
         super().__init__()
         self.key = key
         self.num_classes = num_classes
         self.require_label = require_label
+        self.spacings = load_spacing_file(spacing_file)
 
     def verify_suffix(self, filename: Sequence[str | os.PathLike] | str | os.PathLike) -> bool:
         return all(str(f).endswith((".h5", ".hdf5")) for f in ensure_tuple(filename))
@@ -354,6 +385,8 @@ class SynapseH5Reader(ImageReader):
         arrays, spacing = read_synapse_h5(
             path, keys=(self.key,), num_classes=self.num_classes, require_label=self.require_label or self.key == "label"
         )
+        if spacing is None:
+            spacing = self.spacings.get(re.sub(r"(\.npy)?\.h5$", "", Path(path).name))
         return path, arrays[self.key], spacing
 
     def get_data(self, img) -> tuple[np.ndarray, dict]:

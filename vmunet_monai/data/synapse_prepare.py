@@ -42,6 +42,7 @@ __all__ = [
     "write_h5_volume",
     "prepare_synapse",
     "stack_case",
+    "write_spacing_file",
 ]
 
 logger = logging.getLogger(__name__)
@@ -319,3 +320,34 @@ def stack_case(
             lf.write_text("".join(f"{i}\n" for i in ids + [case]))
     logger.info("%s: %d slices -> %s", case, len(order), target)
     return str(target)
+
+
+def write_spacing_file(raw_dir: str, output: str, cases: Sequence[str | int] | None = None) -> dict[str, list[float]]:
+    """Write ``{case: [s_row, s_col, s_slice]}`` (mm, TransUNet slice order) from the raw BTCV image headers.
+
+    TransUNet's published ``test_vol_h5`` files carry no voxel spacing; with this file
+    (``--spacing_file`` of the Synapse configs) the evaluation also reports HD95 in millimetres.
+
+    Example::
+
+        python -c "from vmunet_monai.data.synapse_prepare import write_spacing_file as w; w('RawData', 'Synapse/spacing.json')"
+    """
+    import json
+
+    import nibabel as nib
+
+    src = _find_training_dir(Path(raw_dir))
+    nums = [_case_number(c) for c in ensure_list(cases)] if cases is not None else list(
+        _case_number(p.name[3:7]) for p in sorted((src / "img").glob("img*.nii.gz"))
+    )
+    table = {}
+    for n in nums:
+        path = src / "img" / f"img{n:04d}.nii.gz"
+        if not path.is_file():
+            raise SynapseDataError(f"{path}: not found.")
+        affine = nib.load(str(path)).affine
+        _, spacing = reorient_to_lps(np.zeros((1, 1, 1)), affine)
+        table[f"case{n:04d}"] = [round(s, 6) for s in spacing]
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).write_text(json.dumps(table, indent=1) + "\n")
+    return table
