@@ -191,3 +191,25 @@ def test_real_isic2017_layout_is_found():
     image, mask = splits["validation"][0]
     assert mask.name == image.stem + "_segmentation.png"
     assert check_pair(image, mask) == (256, 256)
+
+
+def test_isic2018_and_published_layouts(tmp_path):
+    src = tmp_path / "isic2018"
+    for split, (img_dir, mask_dir) in {
+        "training": ("ISIC2018_Task1-2_Training_Input", "ISIC2018_Task1_Training_GroundTruth"),
+        "official_validation": ("ISIC2018_Task1-2_Validation_Input", "ISIC2018_Task1_Validation_GroundTruth"),
+    }.items():
+        (src / img_dir).mkdir(parents=True)
+        (src / mask_dir).mkdir(parents=True)
+        for i in range(4 if split == "training" else 2):
+            _rgb(src / img_dir / f"ISIC_{split[:3]}{i}.jpg", seed=i)
+            _mask(src / mask_dir / f"ISIC_{split[:3]}{i}_segmentation.png")
+    splits, problems, _ = make_isic_splits(src, test_fraction=0.25, val_fraction=0.0)
+    assert not problems
+    assert (len(splits["training"]), len(splits["test"]), len(splits["official_validation"])) == (3, 1, 2)
+    out = tmp_path / "prepared"
+    prepare_isic(str(src), str(out), size=0)  # size 0 keeps the original 40x30
+    assert Image.open(next((out / "official_val" / "images").glob("*.png"))).size == (40, 30)
+    # the prepared (published) layout is itself a valid source: train/ -> training+validation, val/ -> test
+    found = find_isic_pairs(out)
+    assert found.layout == "published" and len(found.pairs["test"]) == 1 and len(found.pairs["training"]) == 3

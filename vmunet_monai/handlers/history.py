@@ -121,8 +121,8 @@ class TrainingHistory:
         output = engine.state.output
         loss = output[0].get("loss") if isinstance(output, list) and output else (
             output.get("loss") if isinstance(output, dict) else None)
-        if loss is not None:
-            self._loss_sum += float(loss)
+        if loss is not None:  # summed on the device: no GPU synchronisation per iteration
+            self._loss_sum = self._loss_sum + (loss.detach() if hasattr(loss, "detach") else float(loss))
             self._loss_count += 1
 
     def _epoch_completed(self, engine: Engine) -> None:
@@ -130,7 +130,7 @@ class TrainingHistory:
         row = {
             "epoch": epoch,
             "lr": self._lr,
-            "train_loss": self._loss_sum / max(self._loss_count, 1),
+            "train_loss": float(self._loss_sum) / max(self._loss_count, 1),
             "train_time_s": round(float(engine.state.times.get("EPOCH_COMPLETED") or 0.0), 3),
             "epoch_time_s": round(time.perf_counter() - self._epoch_start, 3),
         }

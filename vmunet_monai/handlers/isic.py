@@ -161,8 +161,12 @@ class ISICEvaluationWriter:
             except (TypeError, ValueError):
                 continue
         scores = isic_scores(self.counts)
+        import torch.distributed as dist
+
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         report = {
             "metrics": metrics,
+            "ranks": world,  # > 1: metrics are gathered over all ranks, the rest covers rank 0's shard
             "isic_pixel_pooled": scores,
             "confusion_matrix": dict(zip(("tn", "fp", "fn", "tp"), (int(v) for v in self.counts.tolist()))),
             "num_images": len(self.rows),

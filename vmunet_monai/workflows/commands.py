@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TASK_CONFIGS", "find_bundle_root", "config_files", "run_bundle", "train", "evaluate", "infer"]
+__all__ = ["TASK_CONFIGS", "TASK_METADATA", "find_bundle_root", "config_files", "run_bundle", "train", "evaluate", "infer"]
 
 #: task -> command -> config files (relative to ``<bundle_root>/configs``), merged in order
 TASK_CONFIGS: dict[str, dict[str, list[str]]] = {
@@ -40,6 +40,10 @@ TASK_CONFIGS: dict[str, dict[str, list[str]]] = {
         "multi_gpu_train": ["synapse_train.json", "synapse_multi_gpu_train.json"],
     },
 }
+
+
+#: task -> metadata file (relative to ``<bundle_root>/configs``)
+TASK_METADATA: dict[str, str] = {"isic": "metadata.json", "synapse": "synapse_metadata.json"}
 
 
 def find_bundle_root(bundle_root: str | None = None) -> Path:
@@ -83,7 +87,7 @@ def run_bundle(task: str, command: str, bundle_root: str | None = None, **overri
         run(
             run_id="run",
             config_file=configs,
-            meta_file=str(root / "configs" / "metadata.json"),
+            meta_file=str(root / "configs" / TASK_METADATA.get(task, "metadata.json")),
             logging_file=str(logging_file) if logging_file.is_file() else None,
             bundle_root=str(root),
             **overrides,

@@ -58,6 +58,7 @@ PAPER_RECIPE = {
     "t_max": 50,
     "eta_min": 1e-5,
     "val_interval": 1,
+    "log_interval": 10,
     "network": PAPER_NETWORK,
 }
 
@@ -71,6 +72,7 @@ DEMO_RECIPE = {
     "t_max": 6,
     "eta_min": 1e-5,
     "val_interval": 1,
+    "log_interval": 1,
     "network": {"depths": [1, 1, 1, 1], "depths_decoder": [1, 1, 1, 1], "dims": [24, 48, 96, 192], "d_state": 8,
                 "drop_path_rate": 0.1},
 }
