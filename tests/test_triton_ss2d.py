@@ -239,6 +239,30 @@ def test_reverse_scan_fallback_matches():
         assert rel_err(a, c) < 1e-5, name
 
 
+def test_torch_compile_fullgraph_and_function_fallback(monkeypatch):
+    """The fused core is a torch.library custom op: torch.compile traces it without a graph break; the
+    plain autograd.Function fallback (torch without custom_op) gives the same results."""
+    st.set_config(MID_CFG if not CUDA else st.ScanConfig())
+    torch.manual_seed(7)
+    b, h, w, d, n, r = (1, 3, 5, 6, 4, 2) if not CUDA else (2, 14, 14, 96, 16, 6)
+    params = make_params(d, n, r)
+    x = torch.randn(b, h, w, d, device=DEVICE, requires_grad=True)
+    y_ref = ss2d_ref(x, *params)
+    g_ref = torch.autograd.grad(y_ref.square().sum(), [x, *params])
+
+    compiled = torch.compile(st.ss2d_scan_triton, backend="aot_eager", fullgraph=True)
+    y = compiled(x, *params)
+    assert rel_err(y, y_ref) < 1e-4
+    for name, got, want in zip(NAMES, torch.autograd.grad(y.square().sum(), [x, *params]), g_ref):
+        assert rel_err(got, want) < 1e-4, name
+
+    monkeypatch.setattr(st, "_CUSTOM_OP", None)
+    y = st.ss2d_scan_triton(x, *params)
+    assert rel_err(y, y_ref) < 1e-4
+    for name, got, want in zip(NAMES, torch.autograd.grad(y.square().sum(), [x, *params]), g_ref):
+        assert rel_err(got, want) < 1e-4, name
+
+
 def test_bad_inputs_and_config_are_rejected():
     params = make_params(4, 2, 1)
     with pytest.raises(ValueError, match="shape"):

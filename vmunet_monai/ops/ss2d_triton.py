@@ -37,10 +37,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor  # module scope: the custom-op schemas are inferred from string annotations
 
 __all__ = [
     "ScanConfig",
@@ -147,14 +148,21 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@lru_cache(maxsize=None)
+_TRITON_IMPORTABLE: Optional[bool] = None
+
+
 def _triton_importable() -> bool:
-    try:
-        import triton  # noqa: F401
-        import triton.language  # noqa: F401
-    except Exception:
-        return False
-    return True
+    """Whether ``import triton`` works (tried once; a plain global so torch.compile can read it)."""
+    global _TRITON_IMPORTABLE
+    if _TRITON_IMPORTABLE is None:
+        try:
+            import triton  # noqa: F401
+            import triton.language  # noqa: F401
+
+            _TRITON_IMPORTABLE = True
+        except Exception:
+            _TRITON_IMPORTABLE = False
+    return _TRITON_IMPORTABLE
 
 
 def is_available() -> bool:
@@ -329,76 +337,171 @@ def _partial_dtype(activation_dtype: torch.dtype) -> torch.dtype:
 # --------------------------------------------------------------------------------------------------
 
 
+def _cfg_from_list(cfg: "list[int]") -> ScanConfig:
+    return ScanConfig(*cfg)
+
+
+_CFG_FIELDS = tuple(f.name for f in fields(ScanConfig))
+
+
+def _cfg_to_list(cfg: ScanConfig) -> "list[int]":
+    return [getattr(cfg, name) for name in _CFG_FIELDS]
+
+
+def _ss2d_delta(x_dbl, dt_w, r):
+    """``delta = dts @ dt_w^T`` per direction, as (K, B, L, D), in x_dbl's dtype; also returns dts."""
+    bsz, length, k, _ = x_dbl.shape
+    dts = x_dbl[..., :r].permute(2, 0, 1, 3).reshape(k, bsz * length, r)
+    delta = torch.bmm(dts, dt_w.to(dts.dtype).transpose(1, 2))  # (K, B*L, D)
+    return dts, delta.view(k, bsz, length, -1)
+
+
+def _ss2d_views(u, x_dbl, delta, r, n):
+    """Logical (b, k, l, d|n) views of u (shared by the 4 directions), delta, B and C (no copies)."""
+    k, bsz, length, dm = delta.shape
+    u4 = u.unsqueeze(1).expand(bsz, k, length, dm)
+    dl4 = delta.permute(1, 0, 2, 3)
+    b4 = x_dbl[..., r:r + n].permute(0, 2, 1, 3)
+    c4 = x_dbl[..., r + n:].permute(0, 2, 1, 3)
+    return u4, dl4, b4, c4
+
+
+def _ss2d_n_slots(length: int, cfg: ScanConfig) -> int:
+    return triton_cdiv(triton_cdiv(length, cfg.fwd_block_l), cfg.seg_len // cfg.fwd_block_l) + 1
+
+
+def _ss2d_fwd_impl(u, x_dbl, dt_w, A, Ds, delta_bias, H, W, cfg_list, save_states):
+    """Forward of the fused core: (y (B, L, D) fp32, saved states or a 1-element placeholder)."""
+    cfg = _cfg_from_list(cfg_list)
+    r = dt_w.shape[2]
+    n = A.shape[1]
+    _, delta = _ss2d_delta(x_dbl, dt_w, r)
+    u4, dl4, b4, c4 = _ss2d_views(u, x_dbl, delta, r, n)
+    y_parts, states = _scan_forward(u4, dl4, b4, c4, A, Ds, delta_bias, H, W, True, True, save_states, cfg)
+    return y_parts.sum(0), states
+
+
+def _ss2d_bwd_impl(dy, u, x_dbl, dt_w, A, Ds, delta_bias, states, H, W, cfg_list):
+    """Backward of the fused core: grads of (u, x_dbl, dt_w, A, Ds, delta_bias)."""
+    fwd_cfg = _cfg_from_list(cfg_list)
+    cfg = get_config()
+    if fwd_cfg.seg_len % cfg.bwd_block_l:
+        cfg = fwd_cfg  # the configuration changed since the forward: use the forward's tiles
+    r = dt_w.shape[2]
+    n = A.shape[1]
+    # delta is recomputed rather than saved: it is the largest tensor of the core (K x the activation)
+    dts, delta = _ss2d_delta(x_dbl, dt_w, r)
+    k, bsz, length, dm = delta.shape
+    u4, dl4, b4, c4 = _ss2d_views(u, x_dbl, delta, r, n)
+    dy = dy.contiguous()
+    dy4 = dy.unsqueeze(1).expand(bsz, k, length, dm)
+    du_parts = torch.empty((k, bsz, length, dm), device=u.device, dtype=_partial_dtype(u.dtype))
+    du4 = du_parts.permute(1, 0, 2, 3)
+    ddelta, db, dc, dA, dD = _scan_backward(
+        u4, dl4, b4, c4, A, Ds, delta_bias, dy4, states, du4, H, W, True, True, cfg, fwd_cfg)
+    del delta
+    du = du_parts.sum(0, dtype=torch.float32).to(u.dtype)
+    d_bias = ddelta.sum((1, 2), dtype=torch.float32).reshape(-1)
+    # dt projection backward (the GEMMs autograd would have run), in the activations' dtype
+    ddelta_k = ddelta.view(k, bsz * length, dm)
+    ddts = torch.bmm(ddelta_k, dt_w.to(ddelta_k.dtype))  # (K, B*L, R)
+    d_dt_w = torch.bmm(ddelta_k.transpose(1, 2), dts)  # (K, D, R)
+    dx_dbl = torch.cat([ddts.view(k, bsz, length, r).permute(1, 2, 0, 3).to(torch.float32),
+                        db.permute(0, 2, 1, 3), dc.permute(0, 2, 1, 3)], dim=-1).to(x_dbl.dtype)
+    return (du, dx_dbl, d_dt_w.to(dt_w.dtype), dA.to(A.dtype), dD.to(Ds.dtype),
+            d_bias.to(delta_bias.dtype))
+
+
 class _SS2DScanFunction(torch.autograd.Function):
-    """Autograd wrapper of the fused four-direction scan, with the dt projection folded in.
+    """Autograd wrapper of the fused core, used when ``torch.library.custom_op`` is unavailable.
 
     Inputs: u (B, L, D) pixel-major activation; x_dbl (B, L, K, R + 2N) per-pixel x_proj output (dts, B,
     C); dt_w (K, D, R); A (K*D, N) fp32 (already ``-exp(A_logs)``); Ds (K*D,); delta_bias (K*D,).
     Output: y (B, L, D) fp32, the sum over the four directions.
-
-    ``delta = dts @ dt_w^T`` is recomputed in the backward instead of being saved: it is the largest
-    tensor of the core (K x the activation) and costs one small GEMM to rebuild.
     """
 
     @staticmethod
-    def _delta(x_dbl, dt_w, r):
-        bsz, length, k, _ = x_dbl.shape
-        dts = x_dbl[..., :r].permute(2, 0, 1, 3).reshape(k, bsz * length, r)
-        delta = torch.bmm(dts, dt_w.to(dts.dtype).transpose(1, 2))  # (K, B*L, D)
-        return dts, delta.view(k, bsz, length, -1)
-
-    @staticmethod
-    def _views(u, x_dbl, delta, r, n):
-        k, bsz, length, dm = delta.shape
-        u4 = u.unsqueeze(1).expand(bsz, k, length, dm)
-        dl4 = delta.permute(1, 0, 2, 3)
-        b4 = x_dbl[..., r:r + n].permute(0, 2, 1, 3)
-        c4 = x_dbl[..., r + n:].permute(0, 2, 1, 3)
-        return u4, dl4, b4, c4
-
-    @staticmethod
     def forward(ctx, u, x_dbl, dt_w, A, Ds, delta_bias, H: int, W: int):
-        cfg = get_config()
-        r = dt_w.shape[2]
-        n = A.shape[1]
-        _, delta = _SS2DScanFunction._delta(x_dbl, dt_w, r)
-        u4, dl4, b4, c4 = _SS2DScanFunction._views(u, x_dbl, delta, r, n)
+        cfg_list = _cfg_to_list(get_config())
         need_grad = any(ctx.needs_input_grad)
-        y_parts, states = _scan_forward(u4, dl4, b4, c4, A, Ds, delta_bias, H, W, True, True, need_grad, cfg)
-        y = y_parts.sum(0)
+        y, states = _ss2d_fwd_impl(u, x_dbl, dt_w, A, Ds, delta_bias, H, W, cfg_list, need_grad)
         if need_grad:
             ctx.save_for_backward(u, x_dbl, dt_w, A, Ds, delta_bias, states)
             ctx.hw = (H, W)
-            ctx.cfg = cfg
+            ctx.cfg_list = cfg_list
         return y
 
     @staticmethod
     def backward(ctx, dy):
         u, x_dbl, dt_w, A, Ds, delta_bias, states = ctx.saved_tensors
-        H, W = ctx.hw
-        cfg = get_config()
-        r = dt_w.shape[2]
-        n = A.shape[1]
-        dts, delta = _SS2DScanFunction._delta(x_dbl, dt_w, r)
-        k, bsz, length, dm = delta.shape
-        u4, dl4, b4, c4 = _SS2DScanFunction._views(u, x_dbl, delta, r, n)
-        dy = dy.contiguous()
-        dy4 = dy.unsqueeze(1).expand(bsz, k, length, dm)
-        du_parts = torch.empty((k, bsz, length, dm), device=u.device, dtype=_partial_dtype(u.dtype))
-        du4 = du_parts.permute(1, 0, 2, 3)
-        ddelta, db, dc, dA, dD = _scan_backward(
-            u4, dl4, b4, c4, A, Ds, delta_bias, dy4, states, du4, H, W, True, True, cfg, ctx.cfg)
-        del delta
-        du = du_parts.sum(0, dtype=torch.float32).to(u.dtype)
-        d_bias = ddelta.sum((1, 2), dtype=torch.float32).reshape(-1)
-        # dt projection backward (the GEMMs autograd would have run), in the activations' dtype
-        ddelta_k = ddelta.view(k, bsz * length, dm)
-        ddts = torch.bmm(ddelta_k, dt_w.to(ddelta_k.dtype))  # (K, B*L, R)
-        d_dt_w = torch.bmm(ddelta_k.transpose(1, 2), dts)  # (K, D, R)
-        dx_dbl = torch.cat([ddts.view(k, bsz, length, r).permute(1, 2, 0, 3).to(torch.float32),
-                            db.permute(0, 2, 1, 3), dc.permute(0, 2, 1, 3)], dim=-1).to(x_dbl.dtype)
-        return (du, dx_dbl, d_dt_w.to(dt_w.dtype), dA.to(A.dtype), dD.to(Ds.dtype),
-                d_bias.to(delta_bias.dtype), None, None)
+        grads = _ss2d_bwd_impl(dy, u, x_dbl, dt_w, A, Ds, delta_bias, states, *ctx.hw, ctx.cfg_list)
+        return (*grads, None, None)
+
+
+def _register_custom_ops():
+    """Register the fused core as ``torch.library`` custom ops (opaque to torch.compile: no graph break,
+    CUDA-graph friendly). Returns the forward op, or None on a torch without ``custom_op``."""
+    custom_op = getattr(getattr(torch, "library", None), "custom_op", None)
+    if custom_op is None:
+        return None
+
+    @custom_op("vmunet_monai::ss2d_scan_fwd", mutates_args=())
+    def ss2d_scan_fwd(u: Tensor, x_dbl: Tensor, dt_w: Tensor, A: Tensor, Ds: Tensor, delta_bias: Tensor,
+                      H: int, W: int, cfg: List[int], save_states: bool) -> Tuple[Tensor, Tensor]:
+        return _ss2d_fwd_impl(u, x_dbl, dt_w, A, Ds, delta_bias, H, W, cfg, save_states)
+
+    @ss2d_scan_fwd.register_fake
+    def _(u, x_dbl, dt_w, A, Ds, delta_bias, H, W, cfg, save_states):
+        bsz, length, dm = u.shape
+        k = x_dbl.shape[2]
+        y = u.new_empty((bsz, length, dm), dtype=torch.float32)
+        if save_states:
+            states = u.new_empty((bsz * k, _ss2d_n_slots(length, _cfg_from_list(cfg)), dm, A.shape[1]),
+                                 dtype=torch.float32)
+        else:
+            states = u.new_empty((1,), dtype=torch.float32)
+        return y, states
+
+    @custom_op("vmunet_monai::ss2d_scan_bwd", mutates_args=())
+    def ss2d_scan_bwd(dy: Tensor, u: Tensor, x_dbl: Tensor, dt_w: Tensor, A: Tensor, Ds: Tensor,
+                      delta_bias: Tensor, states: Tensor, H: int, W: int,
+                      cfg: List[int]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+        return _ss2d_bwd_impl(dy, u, x_dbl, dt_w, A, Ds, delta_bias, states, H, W, cfg)
+
+    @ss2d_scan_bwd.register_fake
+    def _(dy, u, x_dbl, dt_w, A, Ds, delta_bias, states, H, W, cfg):
+        return (torch.empty_like(u), torch.empty_like(x_dbl), torch.empty_like(dt_w), torch.empty_like(A),
+                torch.empty_like(Ds), torch.empty_like(delta_bias))
+
+    def setup_context(ctx, inputs, output):
+        u, x_dbl, dt_w, A, Ds, delta_bias, H, W, cfg, save_states = inputs
+        ctx.save_for_backward(u, x_dbl, dt_w, A, Ds, delta_bias, output[1])
+        ctx.hw = (H, W)
+        ctx.cfg = cfg
+        ctx.saved_states = save_states
+
+    def backward(ctx, dy, _dstates):
+        if not ctx.saved_states:
+            raise RuntimeError("ss2d_scan_fwd ran without saving states (save_states=False) but a gradient "
+                               "was requested")
+        u, x_dbl, dt_w, A, Ds, delta_bias, states = ctx.saved_tensors
+        grads = ss2d_scan_bwd(dy, u, x_dbl, dt_w, A, Ds, delta_bias, states, *ctx.hw, ctx.cfg)
+        return (*grads, None, None, None, None)
+
+    ss2d_scan_fwd.register_autograd(backward, setup_context=setup_context)
+    return ss2d_scan_fwd
+
+
+def _try_register_custom_ops():
+    try:
+        return _register_custom_ops()
+    except Exception:  # an old or unusual torch: the autograd.Function path still works
+        return None
+
+
+# registered at import (defining the ops needs no triton); VMUNET_TRITON_CUSTOM_OP=0 selects the plain
+# autograd.Function instead
+_CUSTOM_OP = _try_register_custom_ops() if os.environ.get("VMUNET_TRITON_CUSTOM_OP", "1") != "0" else None
 
 
 def ss2d_scan_triton(
@@ -452,12 +555,19 @@ def ss2d_scan_triton(
     w_all = x_proj_weight.reshape(K * c_dbl, DM)
     x_dbl = F.linear(u, w_all.to(u.dtype))
     x_dbl = x_dbl.view(Bsz, L, K, c_dbl)
-    A = -torch.exp(A_logs.float())
+    A = -torch.exp(A_logs.float()).contiguous()
+    Dsf = Ds.float().contiguous()
+    bias = dt_projs_bias.float().reshape(-1).contiguous()
+    op = _CUSTOM_OP
     with torch.autocast(device_type=x.device.type, enabled=False):
         # the dt projection runs inside (in x_dbl's dtype, as autocast would) so that its large output
         # (K x the activation) is never saved for the backward
-        y = _SS2DScanFunction.apply(u, x_dbl, dt_projs_weight, A.contiguous(), Ds.float().contiguous(),
-                                    dt_projs_bias.float().reshape(-1).contiguous(), H, W)
+        if op is not None:
+            need_grad = torch.is_grad_enabled() and any(
+                t.requires_grad for t in (u, x_dbl, dt_projs_weight, A, Dsf, bias))
+            y, _ = op(u, x_dbl, dt_projs_weight, A, Dsf, bias, H, W, _cfg_to_list(get_config()), need_grad)
+        else:
+            y = _SS2DScanFunction.apply(u, x_dbl, dt_projs_weight, A, Dsf, bias, H, W)
     return y.view(Bsz, H, W, DM)
 
 
