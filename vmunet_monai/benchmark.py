@@ -31,7 +31,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
-__all__ = ["benchmark", "count_macs", "time_scans", "peak_memory_tracker"]
+__all__ = ["benchmark", "count_macs", "time_scans", "peak_memory_tracker", "format_report", "BenchmarkReport"]
 
 logger = logging.getLogger("vmunet_monai")
 
@@ -574,16 +574,27 @@ def benchmark(
 
     if hasattr(os, "getloadavg"):
         meta["load_average_end"] = os.getloadavg()
-    report = {"meta": meta, "model": model_info, "results": results, "scans": scan_rows}
-    if not quiet:
-        print(format_report(report))
+    report = BenchmarkReport(meta=meta, model=model_info, results=results, scans=scan_rows)
     if json_path:
         path = Path(json_path)
+        meta["json_path"] = str(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(report, indent=2, default=str))
-        if not quiet:
-            print(f"wrote {path}")
+    if not quiet and not _called_from_cli():
+        print(format_report(report))
     return report
+
+
+def _called_from_cli() -> bool:
+    """True under ``vmunet-monai benchmark`` (python-fire prints the returned report itself)."""
+    return Path(sys.argv[0]).name in ("vmunet-monai", "cli.py")
+
+
+class BenchmarkReport(dict):
+    """The results dict; prints as the text tables (so the ``vmunet-monai benchmark`` CLI shows those)."""
+
+    def __str__(self) -> str:
+        return format_report(self)
 
 
 def _log_row(row: dict[str, Any], quiet: bool) -> None:
@@ -656,4 +667,6 @@ def format_report(report: dict[str, Any]) -> str:
                     f"{row['backend']:>10} {row['L']:>12} {row['D']:>5} {row['N']:>3} {row['calls_per_forward']:>5} "
                     f"{row['time_ms_median']:>10.1f} {row['cpu_time_ms_median']:>9.1f}"
                 )
+    if meta.get("json_path"):
+        lines += ["", f"JSON written to {meta['json_path']}"]
     return "\n".join(lines)
