@@ -297,6 +297,38 @@ def network_case():
             f"input-grad rel err {rel(gx, ref[1]):.1e} (vs {'mamba_ssm' if 'mamba_ssm' in outs else 'torch'})")
 
 
+def compile_and_graph_case():
+    """torch.compile (inductor, fullgraph) of the core, and CUDA-graph capture/replay of its forward."""
+    torch.manual_seed(8)
+    b, h, w, d, r = (2, 16, 16, 192, 12) if DEV == "cuda" else (1, 3, 5, 6, 2)
+    params = make_params(d, N_STATE, r, DEV)
+    x = torch.randn(b, h, w, d, device=DEV, requires_grad=True)
+    y_ref = st.ss2d_scan_triton(x, *params)
+    g_ref = torch.autograd.grad(y_ref.square().sum(), [x, *params])
+    t = time.time()
+    compiled = torch.compile(st.ss2d_scan_triton, fullgraph=True, backend="inductor" if DEV == "cuda" else "aot_eager")
+    y = compiled(x, *params)
+    g = torch.autograd.grad(y.square().sum(), [x, *params])
+    err = max([rel(y, y_ref)] + [rel(a, c) for a, c in zip(g, g_ref)])
+    log(f"  {'ok ' if err < 1e-4 else 'BAD'} torch.compile(fullgraph=True) of ss2d_scan_triton: max rel err {err:.1e} "
+        f"(compile+run {time.time() - t:.1f} s)")
+    if DEV != "cuda":
+        return
+    xs = x.detach().clone()
+    with torch.no_grad():
+        st.ss2d_scan_triton(xs, *params)  # compile the no-grad variant before capture
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            y_static = st.ss2d_scan_triton(xs, *params)
+        xs.copy_(torch.randn_like(xs))
+        graph.replay()
+        torch.cuda.synchronize()
+        want = st.ss2d_scan_triton(xs, *params)
+    err = rel(y_static, want)
+    log(f"  {'ok ' if err < 1e-6 else 'BAD'} CUDA graph capture + replay of the forward on new input: rel err {err:.1e}")
+
+
 # ---------------------------------------------------------------------------------------------------
 # 4. timings
 # ---------------------------------------------------------------------------------------------------
@@ -551,8 +583,9 @@ def main() -> None:
     for case in bf16_cases:
         guarded("bf16")(bf16_case, *case)
 
-    log("\n[3] whole-network parity (VMUNet paper config, eval mode)")
+    log("\n[3] whole-network parity (VMUNet paper config, eval mode); torch.compile; CUDA graphs")
     guarded("network")(network_case)
+    guarded("compile/cudagraph")(compile_and_graph_case)
 
     log("\n[4] timings at the 256x256 stage shapes (default config)")
     guarded("timings")(timings, args.batch)
