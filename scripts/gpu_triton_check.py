@@ -445,7 +445,7 @@ def sweep(batch, budget_s):
         if time.time() - T0 > budget_s:
             log("  (budget reached, sweep stopped)")
             break
-        seg = max(64, bl, default.bwd_block_l)
+        seg = max(default.seg_len, bl, default.bwd_block_l)
         st.set_config(default, fwd_block_l=bl, fwd_block_d=bd, fwd_warps=nw, seg_len=seg)
         cells, total = [], 0.0
         for h, w, d, r, nblk in STAGES:
@@ -472,7 +472,7 @@ def sweep(batch, budget_s):
         if time.time() - T0 > budget_s:
             log("  (budget reached, sweep stopped)")
             break
-        seg = max(64, bl, fbest[0])
+        seg = max(default.seg_len, bl, fbest[0])
         st.set_config(default, fwd_block_l=fbest[0], fwd_block_d=fbest[1], fwd_warps=fbest[2], bwd_block_l=bl,
                       bwd_block_d=bd, bwd_warps=nw, seg_len=seg)
         cells, total = [], 0.0
@@ -494,7 +494,7 @@ def sweep(batch, budget_s):
                                                                       default.bwd_warps)
     # seg_len: memory vs recomputation
     seg_res = []
-    for seg in (max(64, fbest[0], bbest[0]), max(128, fbest[0], bbest[0]), max(256, fbest[0], bbest[0])):
+    for seg in sorted({max(v, fbest[0], bbest[0]) for v in (bbest[0], 64, 128, 256)}):
         if time.time() - T0 > budget_s:
             break
         st.set_config(default, fwd_block_l=fbest[0], fwd_block_d=fbest[1], fwd_warps=fbest[2], bwd_block_l=bbest[0],

@@ -71,7 +71,9 @@ class ScanConfig:
         bwd_block_d: channels per backward program (power of two).
         bwd_warps: warps per backward program.
         seg_len: time steps between two fp32 states saved by the forward for the backward; a multiple
-            of both block_l values. Larger saves memory, costs a little recomputation in the backward.
+            of both block_l values. ``seg_len == bwd_block_l`` skips the backward's recomputation pass
+            but saves a state per tile; any longer segment costs one recomputation pass and saves
+            ``1 / seg_len`` of the states.
         bwd_rev_flip: 1 = compute the backward's reverse-time scan as flip / forward scan / flip instead
             of ``tl.associative_scan(reverse=True)`` (a fallback for Triton builds with a faulty reverse scan).
     """
@@ -84,7 +86,9 @@ class ScanConfig:
     bwd_block_l: int = 16
     bwd_block_d: int = 16
     bwd_warps: int = 8
-    seg_len: int = 64
+    # any seg_len > bwd_block_l costs the same single recomputation pass in the backward; longer segments
+    # only trade saved-state memory (1 / seg_len) for a larger per-program scratch (seg_len / bwd_block_l)
+    seg_len: int = 128
     bwd_rev_flip: int = 0
 
     def validate(self) -> "ScanConfig":
