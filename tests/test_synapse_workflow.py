@@ -147,6 +147,7 @@ def _infer(tmp_path, dataset_dir=None, **overrides):
         bundle_root=str(REPO / "bundle"), ckpt_dir=str(tmp_path / "no_model"), output_dir=str(out),
         image_size=64, **extra, **TINY, **overrides,
     )
+    assert wf.check_properties() == []
     wf.run()
     wf.finalize()
     return out

@@ -62,7 +62,7 @@ class RandSynapseAugmentd(Randomizable, MapTransform):
 
     Example:
         >>> import torch
-        >>> aug = RandSynapseAugmentd(["image", "label"]); aug.set_random_state(0)
+        >>> aug = RandSynapseAugmentd(["image", "label"]).set_random_state(0)
         >>> out = aug({"image": torch.rand(1, 8, 8), "label": torch.zeros(1, 8, 8)})
         >>> out["image"].shape
         torch.Size([1, 8, 8])
