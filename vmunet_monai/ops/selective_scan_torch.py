@@ -153,7 +153,6 @@ class _SelectiveScanCore(torch.autograd.Function):
                 y[:, s:e] = y_blk
             else:  # the skip term here, where D broadcasts along the contiguous channel axis
                 torch.addcmul(y_blk, u[:, s:e], D, out=y[:, s:e])
-        need_grad = need_grad or ctx.needs_input_grad[5]
         if need_grad:
             ctx.save_for_backward(dt, u, A, B, C, D, block_start_states)
         ctx.block = block
