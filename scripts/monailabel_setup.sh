@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 VENV=${1:-${ML_VENV:-$ROOT/.venv-monailabel}}
 PY=${PYTHON:-python3}
-CHECK='import monailabel, torch, torchvision, monai, vmunet_monai; from monailabel.tasks.infer.bundle import BundleInferTask; from monailabel.tasks.train.bundle import BundleTrainTask; print("monailabel", monailabel.__version__, "torch", torch.__version__, "torchvision", torchvision.__version__, "monai", monai.__version__)'
+CHECK='import monailabel, torch, torchvision, monai, vmunet_monai; import monailabel.app; from monailabel.tasks.infer.bundle import BundleInferTask; from monailabel.tasks.train.bundle import BundleTrainTask; print("monailabel", monailabel.__version__, "torch", torch.__version__, "torchvision", torchvision.__version__, "monai", monai.__version__)'
 
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "$CHECK" 2>/dev/null; then
   echo "monailabel venv ready: $VENV"
@@ -22,10 +22,14 @@ fi
 
 start=$(date +%s)
 "$PY" -m venv "$VENV"
-PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
-# Pin torch, torchvision and numpy for every later step so no install replaces them.
+# --no-compile: byte-compiling torch's thousands of modules at install time is most of the install's CPU time
+PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-compile)
+# Pin torch, torchvision and numpy for every later step so no install replaces them. The DICOM pins keep the
+# packages monailabel imports at start-up compatible: pydicom-seg 0.4.1 needs pydicom 2 (pydicom 3 removed
+# pydicom._storage_sopclass_uids), and dicomweb-client >= 0.60 / pynetdicom 3 need pydicom 3.
 CONSTRAINTS="$VENV/monailabel-constraints.txt"
-printf 'torch==2.14.1\ntorchvision==0.29.1\nnumpy==1.26.4\nmonai==1.6.1\nmonailabel==0.8.5\n' > "$CONSTRAINTS"
+printf '%s\n' torch==2.14.1 torchvision==0.29.1 numpy==1.26.4 monai==1.6.1 monailabel==0.8.5 \
+  "pydicom<3" "dicomweb-client<0.60" "pynetdicom<3" > "$CONSTRAINTS"
 "${PIP[@]}" -c "$CONSTRAINTS" torch==2.14.1 torchvision==0.29.1 "numpy==1.26.4"
 "${PIP[@]}" -c "$CONSTRAINTS" "monai==1.6.1" "monailabel==0.8.5"
 # This package, without letting it touch torch (its own dependencies are all satisfiable under the pins).
