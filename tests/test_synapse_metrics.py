@@ -114,3 +114,13 @@ def test_bad_arguments():
         organ_metrics(np.zeros((3, 3, 3)), np.zeros((3, 3, 3)), spacing=(1, 1))
     with pytest.raises(ValueError, match="empty_rule"):
         organ_metrics(np.zeros((3, 3)), np.zeros((3, 3)), empty_rule="lenient")
+
+
+def test_pooled_hd95_medpy_convention():
+    """medpy pools both directions: [0, 1] + [1, 0] -> p95 of [0, 0, 1, 1] = 1.0 voxel (MONAI's max gives 0.95)."""
+    pred, truth = _two_voxel_pair()
+    for threshold in (10**9, 0):  # MONAI KD-tree path and dense path
+        r = _one(pred, truth, spacing=(1.0, 1.0, 2.0), hd95_pooling="pooled", dense_threshold=threshold)
+        assert r["hd95_vox"] == pytest.approx(1.0) and r["hd95_mm"] == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="hd95_pooling"):
+        _one(pred, truth, hd95_pooling="mean")

@@ -113,7 +113,7 @@ def test_bundle_train_then_evaluate_on_case0031(case0031_dataset, tmp_path):
     spacing_file.write_text('{"case0031": [0.8, 0.8, 3.0]}')
     evaluate = _workflow(
         ["synapse_train.json", "synapse_evaluate.json"], tmp_path, "eval", spacing_file=str(spacing_file),
-        save_volumes=True, empty_rule="published", **{k: v for k, v in common.items() if k != "image_size"},
+        save_volumes=True, empty_rule="published", hd95_pooling="pooled", **{k: v for k, v in common.items() if k != "image_size"},
     )
     evaluate.run()
     evaluate.finalize()
@@ -121,7 +121,7 @@ def test_bundle_train_then_evaluate_on_case0031(case0031_dataset, tmp_path):
     with open(out / "synapse_per_case.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["organ"] for r in rows][:2] == ["aorta", "gallbladder"] and len(rows) == 8
-    assert all(r["case"] == "case0031" and r["empty_rule"] == "published" for r in rows)
+    assert all(r["case"] == "case0031" and r["empty_rule"] == "published" and r["hd95_pooling"] == "pooled" for r in rows)
     assert all(0.0 <= float(r["dice"]) <= 1.0 for r in rows)
     assert all(r["spacing_known"] == "True" and r["spacing_mm"] == "0.8 0.8 3" for r in rows)
     for r in rows:  # published rule: every value is defined; mm lies between 0.8x and 3x the voxel value
@@ -131,7 +131,7 @@ def test_bundle_train_then_evaluate_on_case0031(case0031_dataset, tmp_path):
     with open(bundle_root / "eval" / "synapse" / "validation" / "synapse_per_case.csv") as f:
         assert all(r["spacing_known"] == "False" for r in csv.DictReader(f))  # TransUNet-style h5: voxels only
     summary = (out / "synapse_summary.md").read_text()
-    assert "| Model | DSC | HD95 (vox) |" in summary and "Aorta" in summary and "empty-mask rule: published" in summary
+    assert "| Model | DSC | HD95 (vox) |" in summary and "Aorta" in summary and "empty-mask rule: published" in summary and "pooled (medpy)" in summary
     pred = nib.load(out / "volumes" / "case0031_pred.nii.gz")
     label = read_synapse_h5(case0031_dataset / "test_vol_h5" / "case0031.npy.h5")[0]["label"]
     assert pred.shape == (512, 512, 12) and pred.get_data_dtype() == np.uint8

@@ -177,20 +177,22 @@ def write_synapse_results(
     empty_rule: str,
     prefix: str = "synapse",
     model_name: str = "VM-UNet (this run)",
+    hd95_pooling: str = "max",
 ) -> dict[str, Any]:
     """Write ``<prefix>_per_case.csv``, ``<prefix>_summary.csv`` and ``<prefix>_summary.md``; return the summary."""
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     fields = ["case", "organ_index", "organ", "dice", "hd95_mm", "hd95_vox", "truth_voxels", "pred_voxels", "status",
-              "spacing_mm", "spacing_known", "empty_rule"]
+              "spacing_mm", "spacing_known", "empty_rule", "hd95_pooling"]
     with open(out / f"{prefix}_per_case.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         for case, rows, sp in zip(cases, per_case, spacings):
             for r in rows:
                 w.writerow({**r, "case": case, "spacing_mm": "" if sp is None else " ".join(f"{s:g}" for s in sp),
-                            "spacing_known": sp is not None, "empty_rule": empty_rule})
+                            "spacing_known": sp is not None, "empty_rule": empty_rule, "hd95_pooling": hd95_pooling})
     summary = summarize_organ_metrics(per_case, empty_rule)
+    summary["hd95_pooling"] = hd95_pooling
     with open(out / f"{prefix}_summary.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["organ", "dice", "n_dice", "hd95_mm", "n_hd95", "hd95_vox"])
@@ -212,6 +214,7 @@ class SynapseOrganMetrics(Metric):
     Args:
         output_dir: folder for ``synapse_per_case.csv``, ``synapse_summary.{csv,md}`` (``None``: keep in memory).
         empty_rule: ``"correct"`` (default) or ``"published"`` (see :mod:`vmunet_monai.metrics.synapse`).
+        hd95_pooling: ``"max"`` (MONAI, default) or ``"pooled"`` (medpy / the paper).
         organs: organ names (label value = index + 1).
         output_transform: ignite output transform.
         model_name: row name in the summary table.
@@ -221,6 +224,7 @@ class SynapseOrganMetrics(Metric):
         self,
         output_dir: str | None = None,
         empty_rule: str = "correct",
+        hd95_pooling: str = "max",
         organs: Sequence[str] = SYNAPSE_ORGANS,
         output_transform: Callable = lambda x: x,
         model_name: str = "VM-UNet (this run)",
@@ -229,6 +233,7 @@ class SynapseOrganMetrics(Metric):
             raise ValueError(f"empty_rule must be one of {EMPTY_RULES}, got {empty_rule!r}.")
         self.output_dir = output_dir
         self.empty_rule = empty_rule
+        self.hd95_pooling = hd95_pooling
         self.organs = tuple(organs)
         self.model_name = model_name
         super().__init__(output_transform=output_transform)
@@ -249,7 +254,10 @@ class SynapseOrganMetrics(Metric):
             meta = getattr(label, "meta", {})
             known = bool(meta.get("spacing_known", True)) if meta else False
             spacing = spacing_from_affine(label.affine, t.ndim) if known and hasattr(label, "affine") else None
-            self.per_case.append(organ_metrics(p, t, spacing=spacing, organs=self.organs, empty_rule=self.empty_rule))
+            self.per_case.append(
+                organ_metrics(p, t, spacing=spacing, organs=self.organs, empty_rule=self.empty_rule,
+                              hd95_pooling=self.hd95_pooling)
+            )
             self.cases.append(name)
             self.spacings.append(spacing)
             logger.info("%s: mean Dice %.4f", name, np.nanmean([r["dice"] for r in self.per_case[-1]]))
@@ -259,7 +267,8 @@ class SynapseOrganMetrics(Metric):
             raise RuntimeError("SynapseOrganMetrics: no volumes were evaluated.")
         if self.output_dir:
             self.summary = write_synapse_results(
-                self.output_dir, self.cases, self.per_case, self.spacings, self.empty_rule, model_name=self.model_name
+                self.output_dir, self.cases, self.per_case, self.spacings, self.empty_rule, model_name=self.model_name,
+                hd95_pooling=self.hd95_pooling,
             )
         else:
             self.summary = summarize_organ_metrics(self.per_case, self.empty_rule)
