@@ -3,7 +3,7 @@
 
 Run on the CUDA machine from the repository root::
 
-    python scripts/gpu_triton_check.py                 # everything, ~5-8 min (budget-guarded)
+    python scripts/gpu_triton_check.py                 # everything, ~7-9 min (sweep stops at --budget s)
     python scripts/gpu_triton_check.py --quick         # parity + default-config timings only
     python scripts/gpu_triton_check.py --budget 300    # stop the tile sweep after 300 s in total
 
@@ -356,8 +356,22 @@ def cuda_time(fn, warmup=3, iters=10):
     return start.elapsed_time(end) / iters
 
 
+def _triton_with(**overrides):
+    """ss2d_scan_triton under a temporarily changed kernel configuration."""
+
+    def fn(x, p):
+        before = st.get_config()
+        st.set_config(before, **overrides)
+        try:
+            return st.ss2d_scan_triton(x, *p)
+        finally:
+            st.set_config(before)
+
+    return fn
+
+
 def timed_paths():
-    paths = {"triton": lambda x, p: st.ss2d_scan_triton(x, *p)}
+    paths = {"triton": lambda x, p: st.ss2d_scan_triton(x, *p), "triton fwd_seq=1": _triton_with(fwd_seq=1)}
     m = mamba_scan_fn()
     if m is not None:
         paths["published+mamba_ssm"] = lambda x, p: ss2d_published(x, *p, scan=m)
@@ -427,8 +441,9 @@ def timings(batch):
 # 5. sweep
 # ---------------------------------------------------------------------------------------------------
 
-FWD_CANDIDATES = [(16, 16, 4), (32, 16, 4), (32, 16, 8), (64, 16, 8), (16, 32, 4), (32, 32, 8), (64, 8, 4),
-                  (128, 8, 8), (16, 8, 2)]
+# (BLOCK_L, BLOCK_D, warps, sequential): sequential=1 is the one-step-per-iteration forward (fwd_seq=1)
+FWD_CANDIDATES = [(16, 16, 4, 0), (32, 16, 4, 0), (32, 16, 8, 0), (64, 16, 8, 0), (16, 32, 4, 0), (32, 32, 8, 0),
+                  (64, 8, 4, 0), (16, 8, 2, 0), (16, 16, 1, 1), (16, 32, 2, 1), (16, 8, 1, 1), (16, 64, 4, 1)]
 BWD_CANDIDATES = [(16, 16, 4), (16, 16, 8), (32, 16, 8), (16, 32, 8), (8, 32, 4), (32, 8, 4), (16, 8, 4),
                   (8, 16, 2), (64, 8, 8)]
 
@@ -441,15 +456,15 @@ def sweep(batch, budget_s):
     log("  " + f"{'BL,BD,warps':>14} " + " ".join(f"{f'{h}x{w} D={d}':>16}" for h, w, d, _, _ in STAGES) +
         f" {'weighted':>10}  regs/spills")
     fwd_scores = {}
-    for bl, bd, nw in FWD_CANDIDATES:
+    for bl, bd, nw, seq in FWD_CANDIDATES:
         if time.time() - T0 > budget_s:
             log("  (budget reached, sweep stopped)")
             break
         seg = max(default.seg_len, bl, default.bwd_block_l)
-        st.set_config(default, fwd_block_l=bl, fwd_block_d=bd, fwd_warps=nw, seg_len=seg)
+        st.set_config(default, fwd_block_l=bl, fwd_block_d=bd, fwd_warps=nw, seg_len=seg, fwd_seq=seq)
         cells, total = [], 0.0
         for h, w, d, r, nblk in STAGES:
-            res = guarded(f"sweep fwd {bl},{bd},{nw} {h}x{w}")(
+            res = guarded(f"sweep fwd {bl},{bd},{nw},{seq} {h}x{w}")(
                 time_stage, "triton", lambda x, p: st.ss2d_scan_triton(x, *p), batch, h, w, d, r, True, False)
             if res is None:
                 cells.append(f"{'error':>16}")
@@ -458,13 +473,13 @@ def sweep(batch, budget_s):
                 cells.append(f"{res[0]:>13.3f} ms")
                 total += res[0] * nblk
                 if res[0] < best_fwd.get((h, d), (float("inf"),))[0]:
-                    best_fwd[(h, d)] = (res[0], (bl, bd, nw))
+                    best_fwd[(h, d)] = (res[0], (bl, bd, nw, seq))
         info = st.kernel_info().get("fwd", {})
-        fwd_scores[(bl, bd, nw)] = total
-        log(f"  {f'{bl},{bd},{nw}':>14} " + " ".join(cells) + f" {total:>10.2f}  {info.get('n_regs')}/{info.get('n_spills')}")
+        fwd_scores[(bl, bd, nw, seq)] = total
+        log(f"  {(f'seq,{bd},{nw}' if seq else f'{bl},{bd},{nw}'):>14} " + " ".join(cells) + f" {total:>10.2f}  {info.get('n_regs')}/{info.get('n_spills')}")
     fbest = min(fwd_scores, key=fwd_scores.get) if fwd_scores else (default.fwd_block_l, default.fwd_block_d,
-                                                                      default.fwd_warps)
-    log(f"  best forward overall: BL,BD,warps = {fbest}")
+                                                                      default.fwd_warps, default.fwd_seq)
+    log(f"  best forward overall: BL,BD,warps,sequential = {fbest}")
 
     log("  forward+backward (bf16 training) ms per stage with the best forward; regs/spills of the backward kernel")
     bwd_scores = {}
@@ -473,8 +488,8 @@ def sweep(batch, budget_s):
             log("  (budget reached, sweep stopped)")
             break
         seg = max(default.seg_len, bl, fbest[0])
-        st.set_config(default, fwd_block_l=fbest[0], fwd_block_d=fbest[1], fwd_warps=fbest[2], bwd_block_l=bl,
-                      bwd_block_d=bd, bwd_warps=nw, seg_len=seg)
+        st.set_config(default, fwd_block_l=fbest[0], fwd_block_d=fbest[1], fwd_warps=fbest[2], fwd_seq=fbest[3],
+                      bwd_block_l=bl, bwd_block_d=bd, bwd_warps=nw, seg_len=seg)
         cells, total = [], 0.0
         for h, w, d, r, nblk in STAGES:
             res = guarded(f"sweep bwd {bl},{bd},{nw} {h}x{w}")(
@@ -497,8 +512,8 @@ def sweep(batch, budget_s):
     for seg in sorted({max(v, fbest[0], bbest[0]) for v in (bbest[0], 64, 128, 256)}):
         if time.time() - T0 > budget_s:
             break
-        st.set_config(default, fwd_block_l=fbest[0], fwd_block_d=fbest[1], fwd_warps=fbest[2], bwd_block_l=bbest[0],
-                      bwd_block_d=bbest[1], bwd_warps=bbest[2], seg_len=seg)
+        st.set_config(default, fwd_block_l=fbest[0], fwd_block_d=fbest[1], fwd_warps=fbest[2], fwd_seq=fbest[3],
+                      bwd_block_l=bbest[0], bwd_block_d=bbest[1], bwd_warps=bbest[2], seg_len=seg)
         h, w, d, r, _ = STAGES[0]
         res = guarded(f"seg {seg}")(time_stage, "triton", lambda x, p: st.ss2d_scan_triton(x, *p), batch, h, w, d, r,
                                     True, True)
@@ -508,7 +523,8 @@ def sweep(batch, budget_s):
     seg_best = min(seg_res, key=lambda s: s[1][0])[0] if seg_res else default.seg_len
     log("  per-stage best forward: " + ", ".join(f"{h}/{d}: {v[1]} {v[0]:.3f}ms" for (h, d), v in best_fwd.items()))
     log("  per-stage best fwd+bwd: " + ", ".join(f"{h}/{d}: {v[1]} {v[0]:.3f}ms" for (h, d), v in best_bwd.items()))
-    rec = (f"fwd_block_l={fbest[0]},fwd_block_d={fbest[1]},fwd_warps={fbest[2]},bwd_block_l={bbest[0]},"
+    rec = (f"fwd_block_l={fbest[0]},fwd_block_d={fbest[1]},fwd_warps={fbest[2]},fwd_seq={fbest[3]},"
+           f"bwd_block_l={bbest[0]},"
            f"bwd_block_d={bbest[1]},bwd_warps={bbest[2]},seg_len={seg_best}"
            + (",bwd_rev_flip=1" if default.bwd_rev_flip else ""))
     log(f"  RECOMMENDED: VMUNET_TRITON_SCAN={rec}")
@@ -519,7 +535,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="parity and default timings only (no sweep)")
     parser.add_argument("--batch", type=int, default=None, help="batch for timings (default 32; 1 with --cpu-smoke)")
-    parser.add_argument("--budget", type=float, default=480.0, help="seconds after which the sweep stops")
+    parser.add_argument("--budget", type=float, default=420.0, help="seconds after which the sweep stops")
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="run this script's logic on CPU through the Triton interpreter with tiny shapes")
     args = parser.parse_args()
@@ -535,7 +551,7 @@ def main() -> None:
         N_STATE = 4
         DET_SHAPE = (1, 3, 4, 8)
         GEN_SHAPE = (1, 2, 4, 4, 9)
-        FWD_CANDIDATES = FWD_CANDIDATES[:2]
+        FWD_CANDIDATES = [FWD_CANDIDATES[0], FWD_CANDIDATES[8]]
         BWD_CANDIDATES = BWD_CANDIDATES[:2]
         parity_cases = [(1, 3, 5, 6, 4, 2), (1, 1, 1, 4, 4, 1)]
         alt_case = (1, 2, 3, 4, 4, 1)

@@ -239,6 +239,24 @@ def test_reverse_scan_fallback_matches():
         assert rel_err(a, c) < 1e-5, name
 
 
+def test_sequential_forward_matches_chunked():
+    """fwd_seq=1 (one time step per iteration) gives the chunked forward's outputs and saved states."""
+    torch.manual_seed(9)
+    b, h, w, d, n, r = (1, 3, 5, 6, 4, 2) if not CUDA else (2, 19, 23, 96, 16, 6)
+    params = make_params(d, n, r)
+    x = torch.randn(b, h, w, d, device=DEVICE, requires_grad=True)
+    # a short seg_len so that the forward saves several states (t = 0, 8 and the end) for the backward
+    base = st.ScanConfig(fwd_block_l=4, fwd_block_d=8, bwd_block_l=8, bwd_block_d=8, seg_len=8) if not CUDA \
+        else st.ScanConfig()
+    results = []
+    for seq in (0, 1):
+        st.set_config(base, fwd_seq=seq)
+        y = st.ss2d_scan_triton(x, *params)
+        results.append([y.detach(), *torch.autograd.grad(y.square().sum(), [x, *params])])
+    for name, a, c in zip(["y"] + NAMES, *results):
+        assert rel_err(a, c) < 1e-5, name
+
+
 def test_torch_compile_fullgraph_and_function_fallback(monkeypatch):
     """The fused core is a torch.library custom op: torch.compile traces it without a graph break; the
     plain autograd.Function fallback (torch without custom_op) gives the same results."""

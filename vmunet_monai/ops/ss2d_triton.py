@@ -11,9 +11,18 @@ before summing them. Here the four scan orders are index arithmetic inside the k
 
 so the (B, H, W, D) activation is read in place and every output is written straight back to its
 pixel. The per-pixel projections (``x_proj`` and ``dt_proj``) do not depend on the scan order, so they
-run once on the unpermuted layout as ordinary GEMMs (cuBLAS, autocast friendly) and autograd handles
-their backward. The Triton kernels cover softplus(delta + bias), the recurrence
-``h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t``, ``y_t = <C_t, h_t> + D u_t`` and its exact backward.
+run once on the unpermuted layout as ordinary GEMMs (cuBLAS, autocast friendly): ``x_proj`` as one
+(B*L, D) x (D, 4(R+2N)) GEMM, ``dt_proj`` as a (4, B*L, R) x (4, R, D) batched GEMM. The Triton kernels
+cover softplus(delta + bias), the recurrence ``h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t``,
+``y_t = <C_t, h_t> + D u_t`` and its exact backward (reverse-time scan with the forward states
+recomputed from checkpoints). Each program owns (batch, direction, block of channels) and walks the
+sequence in tiles of ``BLOCK_L`` steps, combining a tile with ``tl.associative_scan`` (or, with
+``fwd_seq=1``, one step per iteration) and carrying the (BLOCK_D, N) state between tiles.
+
+The core is registered as the ``torch.library`` custom ops ``vmunet_monai::ss2d_scan_fwd`` /
+``ss2d_scan_bwd`` so that ``torch.compile`` (fullgraph) and CUDA graphs see one opaque op per block.
+Tile sizes come from :class:`ScanConfig` (environment variable ``VMUNET_TRITON_SCAN`` or
+:func:`set_config`); ``scripts/gpu_triton_check.py`` measures the alternatives on a GPU.
 
 Numerics: inputs may be fp32/fp16/bf16; the state, all scan arithmetic and all gradient accumulation
 are fp32. The backward is deterministic: no atomics; quantities shared by several programs (dB, dC,
@@ -21,6 +30,8 @@ du across directions, dA, dD) are written as per-program partial buffers and sum
 
 Memory: the forward saves the fp32 state only every ``seg_len`` time steps; the backward recomputes
 the states inside a segment (into a small program-private scratch buffer) before walking it backwards.
+``delta`` (4x the activation) is never saved: the backward rebuilds it with the small dt_proj GEMM.
+Under autocast the gradient partials are 16-bit (summed in fp32).
 
 Triton is imported lazily: importing this module never needs Triton or CUDA. Set
 ``TRITON_INTERPRET=1`` *before* the first use to run the kernels on CPU with the Triton interpreter
@@ -74,6 +85,9 @@ class ScanConfig:
             of both block_l values. ``seg_len == bwd_block_l`` skips the backward's recomputation pass
             but saves a state per tile; any longer segment costs one recomputation pass and saves
             ``1 / seg_len`` of the states.
+        fwd_seq: 1 = forward kernel steps through time one step per iteration (state in registers, no
+            scan tree; ``fwd_block_l`` then only sets the state-saving granularity) instead of chunked
+            ``tl.associative_scan``; which is faster depends on the GPU (see scripts/gpu_triton_check.py).
         bwd_rev_flip: 1 = compute the backward's reverse-time scan as flip / forward scan / flip instead
             of ``tl.associative_scan(reverse=True)`` (a fallback for Triton builds with a faulty reverse scan).
     """
@@ -90,6 +104,7 @@ class ScanConfig:
     # only trade saved-state memory (1 / seg_len) for a larger per-program scratch (seg_len / bwd_block_l)
     seg_len: int = 128
     bwd_rev_flip: int = 0
+    fwd_seq: int = 0
 
     def validate(self) -> "ScanConfig":
         for f in ("fwd_block_l", "fwd_block_d", "bwd_block_l", "bwd_block_d"):
@@ -275,7 +290,7 @@ def _scan_forward(u4, dl4, b4, c4, A, Dskip, bias, H, W, cross, softplus, save_s
         K=K, N=N, NP=_next_pow2(N),
         BLOCK_L=cfg.fwd_block_l, BLOCK_D=cfg.fwd_block_d, CPS=cps,
         CROSS=cross, SOFTPLUS=softplus, HAS_D=Dskip is not None, HAS_BIAS=bias is not None,
-        SAVE_STATES=save_states, num_warps=cfg.fwd_warps,
+        SAVE_STATES=save_states, SEQ=bool(cfg.fwd_seq), num_warps=cfg.fwd_warps,
     )
     return y4_store, states
 
