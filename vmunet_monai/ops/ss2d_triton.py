@@ -617,6 +617,7 @@ class _SelectiveScanFunction(torch.autograd.Function):
             ctx.cfg = cfg
         if return_last_state:
             last = states[:, -1].reshape(Bsz, GD, A.shape[1])
+            ctx.mark_non_differentiable(last)  # as in mamba_ssm: the last state is not differentiated
             return y, last
         return y
 
