@@ -228,3 +228,17 @@ def test_cli_commands_exist():
     for name in ("prepare_synapse", "stack_synapse"):
         module, func = COMMANDS[name].split(":")
         assert callable(getattr(importlib.import_module(module), func))
+
+
+def test_inference_optional_inplane_resampling(tmp_path):
+    """target_spacing resamples slices in-plane before inference; Invertd brings the labels back to the input grid."""
+    wf = _workflow(
+        ["synapse_inference.json"], tmp_path, "infer", bundle_root=str(REPO / "bundle"), ckpt_dir=str(tmp_path / "none"),
+        output_dir=str(tmp_path / "out"), image_size=64, target_spacing=[1.5, 1.5], **TINY,
+    )
+    assert tuple(wf.dataset[0]["image"].shape) == (1, 243, 201, 30)  # 3 mm -> 1.5 mm: (n - 1) * 2 + 1; slices kept
+    wf.run()
+    seg = nib.load(tmp_path / "out" / "example_ct_sm_seg.nii.gz")
+    src = nib.load(REPO / "bundle" / "sample_data" / "ct" / "example_ct_sm.nii.gz")
+    assert seg.shape == src.shape
+    np.testing.assert_allclose(seg.affine, src.affine, atol=1e-5)
