@@ -320,3 +320,17 @@ def test_cpu_backend_in_forked_child():
 def _scan_in_child(tensors, softplus):
     torch.set_num_threads(2)
     return selective_scan_fn(**tensors, delta_softplus=softplus, backend="cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
+def test_torch_backend_on_cuda_matches_reference(dtype):
+    """The torch backend on CUDA (long blocks, kernel launches per step) against the CPU float64 reference."""
+    tensors, softplus, grad_out, (ref_out, ref_last, ref_grads) = _reference(3)  # batch 2, L=130, D, z
+    cuda = {k: (v.to("cuda", dtype) if v is not None else None) for k, v in tensors.items()}
+    out, last, grads = _run("torch", cuda, softplus, grad_out.cuda())
+    _assert_close("out", out.cpu(), ref_out, dtype)
+    _assert_close("last_state", last.cpu(), ref_last, dtype)
+    for name in grads:
+        _assert_close(f"grad {name}", grads[name].cpu(), ref_grads[name], dtype)
