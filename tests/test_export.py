@@ -1,7 +1,7 @@
 """Export: the ``export`` scan backend, torch.export, ONNX (onnxruntime parity on a real image), TorchScript.
 
 The networks are tiny (widths 8..64, one block per stage) and the images 32x32 or 64x64 so that each export takes
-seconds; the paper-size export is measured by ``python -m vmunet_monai.export_check`` (see docs/ecosystem.md).
+seconds; the paper-size export is measured with ``vmunet-monai export --image_size 256`` (numbers in docs/ecosystem.md).
 """
 
 from __future__ import annotations

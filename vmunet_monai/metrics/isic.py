@@ -76,7 +76,7 @@ class ISICMetric(CumulativeIterationMetric):
 
     Example:
         >>> metric = ISICMetric("dsc")
-        >>> metric(torch.tensor([[[[1.0, 0.0]]]]), torch.tensor([[[[1.0, 1.0]]]]))  # TP=1, FN=1
+        >>> _ = metric(torch.tensor([[[[1.0, 0.0]]]]), torch.tensor([[[[1.0, 1.0]]]]))  # TP=1, FN=1
         >>> metric.aggregate()
         0.6666666666666666
     """
