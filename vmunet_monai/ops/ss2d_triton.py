@@ -92,17 +92,18 @@ class ScanConfig:
             of ``tl.associative_scan(reverse=True)`` (a fallback for Triton builds with a faulty reverse scan).
     """
 
-    # defaults keep each (BLOCK_L, BLOCK_D, N) fp32 tile at <= 32 values per thread (no register spills
-    # expected); scripts/gpu_triton_check.py sweeps the alternatives on the GPU
+    # Defaults: the best forward and forward+backward tiles of the H200 sweep (scripts/gpu_triton_check.py,
+    # 2026-11-29, bf16, 256x256 stage shapes, batch 32): forward (16, 16, 4 warps); backward (8, 32, 4 warps)
+    # with 64-step segments was 254 ms per training step of the 15 SS2D cores against 284 ms for (16, 16, 8).
     fwd_block_l: int = 16
     fwd_block_d: int = 16
     fwd_warps: int = 4
-    bwd_block_l: int = 16
-    bwd_block_d: int = 16
-    bwd_warps: int = 8
+    bwd_block_l: int = 8
+    bwd_block_d: int = 32
+    bwd_warps: int = 4
     # any seg_len > bwd_block_l costs the same single recomputation pass in the backward; longer segments
     # only trade saved-state memory (1 / seg_len) for a larger per-program scratch (seg_len / bwd_block_l)
-    seg_len: int = 128
+    seg_len: int = 64
     bwd_rev_flip: int = 0
     fwd_seq: int = 0
 
