@@ -116,7 +116,7 @@ def test_config_workflow_properties(trained):
                            bundle_root=str(root), **common)
     train.initialize()
     assert not train.check_properties()
-    assert train.max_epochs == 6 and train.train_dataset_data  # demo recipe, sample datalist
+    assert train.max_epochs == 12 and train.train_dataset_data  # demo recipe, sample datalist
     infer = ConfigWorkflow(workflow_type="infer", config_file=str(root / "configs" / "inference.json"),
                            bundle_root=str(root), **common)
     infer.initialize()  # loads models/model.pt (a 32 px slim model, read back from model_info.json)

@@ -10,7 +10,7 @@ here from the dataset, and every value remains overridable on the command line (
 - **demo** (a datalist marked ``"recipe": "demo"``, i.e. the embedded 36-image sample): a short CPU
   schedule at a small size so that ``python -m monai.bundle run training --config_file
   configs/train.json`` with no argument finishes in a few minutes on two CPU cores. Same optimiser,
-  loss and augmentation; fewer epochs, batch 4, 64 x 64, cosine period matched to the epochs, and a
+  loss and augmentation; 12 epochs, batch 4, 64 x 64, cosine period matched to the epochs, and a
   slimmer network (CPU time); it shows the whole workflow, it is not a paper reproduction.
 
 Inference and evaluation read ``models/model_info.json`` (written beside ``models/model.pt`` by the
@@ -64,12 +64,12 @@ PAPER_RECIPE = {
 
 DEMO_RECIPE = {
     "name": "demo",
-    "epochs": 6,
+    "epochs": 12,
     "batch_size": 4,
     "image_size": 64,
     "lr": 1e-3,
     "weight_decay": 1e-2,
-    "t_max": 6,
+    "t_max": 12,
     "eta_min": 1e-5,
     "val_interval": 1,
     "log_interval": 1,
