@@ -201,3 +201,21 @@ def test_torchrun_two_processes_gloo(tmp_path):
     assert torch.load(root / "models" / "latest.pt", weights_only=True)["trainer"]["epoch"] == 1
     assert len(json.loads((root / "eval" / "history.json").read_text())) == 1
     assert (proc.stdout + proc.stderr).count("iter 2/2") == 1  # 21 images / 2 ranks / batch 8; rank 0 logs only
+
+
+def test_load_pretrained_recipe_helper(tmp_path):
+    from vmunet_monai.networks.nets import VMUNet
+    from vmunet_monai.workflows.recipes import load_pretrained
+
+    def tiny(seed):
+        torch.manual_seed(seed)
+        return VMUNet(dims=(8, 16, 32, 64), depths=(1, 1, 1, 1), depths_decoder=(1, 1, 1, 1), d_state=4)
+
+    source, target = tiny(0), tiny(1)
+    torch.save(source.state_dict(), tmp_path / "vmunet.pt")
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    assert load_pretrained(target, "") is target and all(torch.equal(before[k], v) for k, v in target.state_dict().items())
+    load_pretrained(target, str(tmp_path / "vmunet.pt"), kind="vmunet")
+    assert all(torch.equal(source.state_dict()[k], v) for k, v in target.state_dict().items())
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_pretrained(target, str(tmp_path / "missing.pt"))

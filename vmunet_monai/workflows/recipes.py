@@ -38,6 +38,7 @@ __all__ = [
     "amp_kwargs",
     "require_file",
     "default_num_workers",
+    "load_pretrained",
 ]
 
 PAPER_NETWORK = {
@@ -170,3 +171,34 @@ def default_num_workers(recipe: dict | None = None) -> int:
     if recipe is not None and recipe.get("name") == "demo":
         return 0
     return min(8, os.cpu_count() or 1)
+
+
+def load_pretrained(network: torch.nn.Module, path: str = "", kind: str = "vmamba") -> torch.nn.Module:
+    """Initialise ``network`` from pretrained weights before training (``--pretrained_weights``).
+
+    Args:
+        network: the VMUNet (``@network_def``).
+        path: weights file; ``""`` (the default) trains from scratch.
+        kind: ``"vmamba"``: VMamba v0 ImageNet weights mapped into encoder and decoder as published
+            (e.g. ``vmamba_small_e238_ema.pth`` converted with ``vmunet-monai convert-weights``);
+            ``"vmunet"``: a whole VM-UNet checkpoint (strict).
+
+    Returns:
+        ``network`` (for use in config expressions).
+    """
+    if not path:
+        return network
+    import logging
+
+    from vmunet_monai.weights import load_vmamba_pretrained, load_vmunet_checkpoint
+
+    require_file(path, hint="check --pretrained_weights")
+    if kind == "vmamba":
+        report = load_vmamba_pretrained(network, path)
+    elif kind == "vmunet":
+        report = load_vmunet_checkpoint(network, path)
+    else:
+        raise ValueError(f"pretrained kind must be 'vmamba' or 'vmunet', got {kind!r}")
+    summary = report.summary() if hasattr(report, "summary") else str(report)
+    logging.getLogger(__name__).info(f"pretrained weights {path}: {summary}")
+    return network
