@@ -160,3 +160,13 @@ def test_gradients_flow_to_every_parameter(small_vmunet_kwargs):
     net(torch.randn(2, 3, 32, 32)).sum().backward()
     missing = [n for n, p in net.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing
+
+
+def test_metatensor_input(small_vmunet_kwargs):
+    from monai.data import MetaTensor
+
+    net = VMUNet(scan_backend="torch", **small_vmunet_kwargs).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        out = net(MetaTensor(x))
+        assert torch.allclose(out, net(x))

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn as nn
+from monai.data import MetaTensor
 from monai.networks.layers import trunc_normal_
 
 from vmunet_monai.networks.blocks import FinalPatchExpand2D, PatchEmbed2D, PatchExpand2D, PatchMerging2D, VSSLayer, VSSLayerUp
@@ -165,6 +166,9 @@ class VMUNet(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(x, MetaTensor):
+            # the scan kernels allocate with tensor methods that MetaTensor overrides; metadata is not needed here
+            x = x.as_tensor()
         self._check_input(x)
         if x.shape[1] == 1 and self.patch_embed.proj.in_channels == 3:
             x = x.repeat(1, 3, 1, 1)
