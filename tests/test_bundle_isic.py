@@ -59,12 +59,12 @@ def trained(tmp_path_factory):
 
 def test_train_run_training_outputs(trained):
     root, log = trained
-    state = torch.load(root / "models" / "model.pt", weights_only=True)
+    state = torch.load(root / "models" / "demo" / "model.pt", weights_only=True)
     assert all(isinstance(v, torch.Tensor) for v in state.values())
     assert "patch_embed.proj.weight" in state and not any(k.startswith("module.") for k in state)
-    info = json.loads((root / "models" / "model_info.json").read_text())
+    info = json.loads((root / "models" / "demo" / "model_info.json").read_text())
     assert info["image_size"] == 32 and info["network"]["dims"] == [8, 16, 32, 64] and info["recipe"] == "demo"
-    latest = torch.load(root / "models" / "latest.pt", weights_only=True)
+    latest = torch.load(root / "models" / "demo" / "latest.pt", weights_only=True)
     assert latest["trainer"]["epoch"] == 1 and {"model", "optimizer", "lr_scheduler"} <= set(latest)
     history = json.loads((root / "eval" / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1]
@@ -142,7 +142,7 @@ def _latest_epoch(path: Path) -> int:
 def test_kill_and_resume(tmp_path):
     root = _copy_bundle(tmp_path / "bundle")
     args = _bundle_run("--config_file", "configs/train.json", "--epochs", "3", "--t_max", "3", *TINY)
-    latest = root / "models" / "latest.pt"
+    latest = root / "models" / "demo" / "latest.pt"
     with open(tmp_path / "first.log", "w") as log:
         proc = subprocess.Popen(args, cwd=root, env=ENV, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + 400
@@ -154,9 +154,9 @@ def test_kill_and_resume(tmp_path):
     assert latest.exists(), (tmp_path / "first.log").read_text()[-3000:]
     killed_at = _latest_epoch(latest)
     assert killed_at < 3
-    torch.load(root / "models" / "model.pt", weights_only=True)  # never left corrupt
+    torch.load(root / "models" / "demo" / "model.pt", weights_only=True)  # never left corrupt
     proc = _run(args, cwd=root)  # the same command again
-    assert f"resumed from models/latest.pt at epoch {killed_at}" in proc.stdout + proc.stderr
+    assert f"resumed from models/demo/latest.pt at epoch {killed_at}" in proc.stdout + proc.stderr
     checkpoint = torch.load(latest, weights_only=True)
     assert checkpoint["trainer"]["epoch"] == 3
     assert checkpoint["lr_scheduler"]["last_epoch"] == 3
@@ -196,9 +196,9 @@ def test_torchrun_two_processes_gloo(tmp_path):
     args = [str(BIN / "torchrun"), "--standalone", "--nnodes=1", "--nproc_per_node=2", "-m", "monai.bundle", "run",
             "--config_file", "['configs/train.json','configs/multi_gpu_train.json']", "--epochs", "1", *TINY]
     proc = _run(args, cwd=root)
-    state = torch.load(root / "models" / "model.pt", weights_only=True)
+    state = torch.load(root / "models" / "demo" / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state)  # saved from the unwrapped DDP module
-    assert torch.load(root / "models" / "latest.pt", weights_only=True)["trainer"]["epoch"] == 1
+    assert torch.load(root / "models" / "demo" / "latest.pt", weights_only=True)["trainer"]["epoch"] == 1
     assert len(json.loads((root / "eval" / "history.json").read_text())) == 1
     assert (proc.stdout + proc.stderr).count("iter 2/2") == 1  # 21 images / 2 ranks / batch 8; rank 0 logs only
 

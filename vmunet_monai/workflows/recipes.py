@@ -61,6 +61,8 @@ PAPER_RECIPE = {
     "val_interval": 1,
     "log_interval": 10,
     "network": PAPER_NETWORK,
+    # real-data runs write where MONAI tools and MONAI Label look for weights (models/model.pt)
+    "ckpt_subdir": "models",
 }
 
 DEMO_RECIPE = {
@@ -74,6 +76,8 @@ DEMO_RECIPE = {
     "eta_min": 1e-5,
     "val_interval": 1,
     "log_interval": 1,
+    # the demo writes beside, never over, the shipped trained weights in models/model.pt
+    "ckpt_subdir": "models/demo",
     "network": {"depths": [1, 1, 1, 1], "depths_decoder": [1, 1, 1, 1], "dims": [24, 48, 96, 192], "d_state": 8,
                 "drop_path_rate": 0.1},
 }
