@@ -102,12 +102,15 @@ def run_bundle(task: str, command: str, bundle_root: str | None = None, **overri
 
 
 def _user_error(err: BaseException) -> BaseException | None:
-    """The ``ISICDataError``/``FileNotFoundError`` at the root of a (chained) bundle exception, if any."""
+    """The data/weights error at the root of a (chained) bundle exception, if any: those name the file at fault,
+    so the user gets that one line instead of MONAI's config-parsing traceback."""
     from vmunet_monai.data.isic_io import ISICDataError
+    from vmunet_monai.data.synapse import SynapseDataError
+    from vmunet_monai.weights import WeightsError
 
     seen = set()
     while err is not None and id(err) not in seen:
-        if isinstance(err, (ISICDataError, FileNotFoundError)):
+        if isinstance(err, (ISICDataError, SynapseDataError, WeightsError, FileNotFoundError)):
             return err
         seen.add(id(err))
         err = err.__cause__ or err.__context__
