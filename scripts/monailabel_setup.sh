@@ -16,6 +16,8 @@ PY=${PYTHON:-python3}
 CHECK='import monailabel, torch, torchvision, monai, vmunet_monai; import monailabel.app; from monailabel.tasks.infer.bundle import BundleInferTask; from monailabel.tasks.train.bundle import BundleTrainTask; print("monailabel", monailabel.__version__, "torch", torch.__version__, "torchvision", torchvision.__version__, "monai", monai.__version__)'
 
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "$CHECK" 2>/dev/null; then
+  # a venv kept from an earlier checkout (e.g. in a cache folder): point its editable install at this one
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-compile --no-deps --no-build-isolation -e "$ROOT" >/dev/null
   echo "monailabel venv ready: $VENV"
   exit 0
 fi
