@@ -99,8 +99,8 @@ def test_infer_zoo_form_original_sizes(trained, tmp_path):
     Image.open(source).resize((120, 90)).save(images / "wide.jpg")
     Image.open(source).convert("RGBA").resize((70, 100)).save(images / "tall_rgba.png")
     out = tmp_path / "masks"
-    _run(_bundle_run("--config_file", "configs/inference.json", "--dataset_dir", str(images), "--output_dir", str(out)),
-         cwd=root)
+    _run(_bundle_run("--config_file", "configs/inference.json", "--dataset_dir", str(images), "--output_dir", str(out),
+                     "--ckpt_dir", "models/demo"), cwd=root)
     for name, size in (("wide", (120, 90)), ("tall_rgba", (70, 100))):
         mask = Image.open(out / f"{name}_seg.png")
         assert mask.size == size and set(np.unique(np.asarray(mask))) <= {0, 255}
@@ -118,8 +118,8 @@ def test_config_workflow_properties(trained):
     assert not train.check_properties()
     assert train.max_epochs == 12 and train.train_dataset_data  # demo recipe, sample datalist
     infer = ConfigWorkflow(workflow_type="infer", config_file=str(root / "configs" / "inference.json"),
-                           bundle_root=str(root), **common)
-    infer.initialize()  # loads models/model.pt (a 32 px slim model, read back from model_info.json)
+                           bundle_root=str(root), ckpt_dir=str(root / "models" / "demo"), **common)
+    infer.initialize()  # loads models/demo/model.pt (a 32 px slim model, read back from model_info.json)
     assert not infer.check_properties()
 
 
