@@ -38,8 +38,8 @@ class VMUNet(nn.Module):
         d_state: selective-scan state size ``N``.
         drop_path_rate: largest stochastic-depth rate (linear schedule; the decoder's is reversed).
         patch_size: patch-embedding stride.
-        scan_backend: selective-scan backend: ``"auto"``, ``"torch"``, ``"reference"``, ``"mamba_ssm"``,
-            ``"triton"`` (see :func:`vmunet_monai.ops.selective_scan_fn`).
+        scan_backend: selective-scan backend: ``"auto"``, ``"torch"``, ``"cpu"``, ``"reference"``, ``"mamba_ssm"``,
+            ``"triton"``, ``"export"`` (see :func:`vmunet_monai.ops.selective_scan_fn`).
         sigmoid_output: apply a sigmoid to the output when ``out_channels == 1`` (published behaviour).
         use_checkpoint: gradient checkpointing of every VSS block (saves memory, costs time).
 
