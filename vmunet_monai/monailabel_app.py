@@ -284,6 +284,10 @@ def assemble_bundle(
         inference = _load_json(dst / "configs" / "inference.json")
         if "model_file" in inference:
             _apply(dst / "configs" / "inference.json", {"model_file": "$@ckpt_dir + '/model.pt'"})
+    if flavour == "isic":
+        # MONAI Label serves and fine-tunes models/model.pt, whatever recipe the training uses (the demo recipe
+        # otherwise writes to models/demo so that it never replaces shipped weights)
+        _apply(dst / "configs" / "train.json", {"ckpt_dir": "$@bundle_root + '/models'"})
     for target, values in (overrides or {}).items():
         path = dst / "configs" / target
         if not path.is_file():
