@@ -23,23 +23,34 @@ COMMANDS = {
 }
 
 
-def _lazy(target: str):
+def _load(target: str):
     module_name, func_name = target.split(":")
+    return getattr(importlib.import_module(module_name), func_name)
+
+
+def _lazy(target: str):
+    """A stand-in listed by ``vmunet-monai --help``; the real function is imported only when it is called."""
 
     def command(*args, **kwargs):
-        return getattr(importlib.import_module(module_name), func_name)(*args, **kwargs)
+        return _load(target)(*args, **kwargs)
 
-    command.__name__ = func_name
-    command.__doc__ = f"See {module_name}.{func_name} (run with --help after the command for its arguments)."
+    command.__name__ = target.split(":")[1]
+    command.__doc__ = f"See {target.replace(':', '.')} (`vmunet-monai <command> --help` shows its arguments)."
     return command
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    import sys
+
     import fire
 
-    commands = {name: _lazy(target) for name, target in COMMANDS.items()}
-    # fire accepts both `prepare-isic` and `prepare_isic`
-    fire.Fire(commands, name="vmunet-monai")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    name = argv[0].replace("-", "_") if argv and not argv[0].startswith("-") else None
+    if name in COMMANDS:
+        # hand fire the real function, so that `--help` and argument checking see its true signature
+        fire.Fire({name: _load(COMMANDS[name])}, command=[name, *argv[1:]], name="vmunet-monai")
+    else:
+        fire.Fire({n: _lazy(t) for n, t in COMMANDS.items()}, command=argv, name="vmunet-monai")
 
 
 if __name__ == "__main__":
