@@ -16,6 +16,7 @@ COMMANDS = {
     "prepare_isic": "vmunet_monai.data.isic_prepare:prepare_isic",
     "prepare_synapse": "vmunet_monai.data.synapse_prepare:prepare_synapse",
     "stack_synapse": "vmunet_monai.data.synapse_prepare:stack_case",
+    "synapse_spacing": "vmunet_monai.data.synapse_prepare:write_spacing_file",
     "convert_weights": "vmunet_monai.weights:convert_weights",
     "benchmark": "vmunet_monai.benchmark:benchmark",
     "export": "vmunet_monai.export:export",
