@@ -87,7 +87,6 @@ class VMUNet(nn.Module):
         dims_decoder = dims[::-1]
         # The published model always sees three channels (grey input is repeated).
         embed_channels = 3 if in_channels in (1, 3) else in_channels
-        self.repeat_grey = in_channels == 1
         # Each stage halves the resolution except the last; the embedding divides it by patch_size.
         self.size_divisor = patch_size * 2 ** (self.num_layers - 1)
 
@@ -152,9 +151,8 @@ class VMUNet(nn.Module):
     def _check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 4:
             raise ValueError(f"VMUNet expects a (B, C, H, W) tensor, got shape {tuple(x.shape)}.")
-        expected = (1, 3) if self.repeat_grey else (self.in_channels,)
-        if self.in_channels == 3:
-            expected = (1, 3)  # grey images are repeated, as in the published code
+        # the three-channel embedding takes grey or RGB input (grey is repeated, as in the published code)
+        expected = (1, 3) if self.patch_embed.proj.in_channels == 3 else (self.in_channels,)
         if x.shape[1] not in expected:
             raise ValueError(f"VMUNet(in_channels={self.in_channels}) got {x.shape[1]} input channels.")
         h, w = x.shape[-2:]
