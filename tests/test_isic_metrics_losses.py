@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from ignite.engine import Engine
+from ignite.engine import Engine, Events
 from PIL import Image
 
 from vmunet_monai.handlers import ISICMetricHandler
@@ -142,3 +142,24 @@ def test_rgb_and_binarize_transforms():
     assert mask.dtype == torch.float32 and mask.tolist() == [[[0.0, 1.0], [1.0, 0.0]]]
     with pytest.raises(ValueError, match="5 channels"):
         EnsureRGBd(keys="a")({"a": torch.rand(5, 2, 2)})
+
+
+def test_latest_checkpointer_interval(tmp_path):
+    """Every `interval` epochs and after the last one; a resumed run reads the epoch it was written at."""
+    from vmunet_monai.handlers import LatestCheckpointer
+
+    net = torch.nn.Linear(2, 1)
+    saved = []
+    handler = LatestCheckpointer(str(tmp_path), {"model": net}, interval=2)
+    engine = Engine(lambda e, b: None)
+    handler.attach(engine)
+
+    @engine.on(Events.EPOCH_COMPLETED)
+    def record(e):
+        path = tmp_path / "latest.pt"
+        saved.append(torch.load(path, weights_only=True)["trainer"]["epoch"] if path.exists() else None)
+
+    engine.run([0], max_epochs=5)
+    assert saved == [None, 2, 2, 4, 5]
+    with pytest.raises(ValueError, match="positive"):
+        LatestCheckpointer(str(tmp_path), {"model": net}, interval=0)
