@@ -199,7 +199,9 @@ def test_torchrun_two_processes_gloo(tmp_path):
     state = torch.load(root / "models" / "demo" / "model.pt", weights_only=True)
     assert not any(k.startswith("module.") for k in state)  # saved from the unwrapped DDP module
     assert torch.load(root / "models" / "demo" / "latest.pt", weights_only=True)["trainer"]["epoch"] == 1
-    assert len(json.loads((root / "eval" / "history.json").read_text())) == 1
+    (row,) = json.loads((root / "eval" / "history.json").read_text())
+    assert row["world_size"] == 2 and row["lr_ranks"] == [1e-3, 1e-3]  # both ranks on the same schedule
+    assert 0.0 < row["train_loss"] < 10.0  # mean over the iterations of both ranks
     assert (proc.stdout + proc.stderr).count("iter 2/2") == 1  # 21 images / 2 ranks / batch 8; rank 0 logs only
 
 

@@ -9,6 +9,8 @@ import logging
 import time
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
 from ignite.engine import Engine, Events
 
 from vmunet_monai.handlers.utils import atomic_write_json, atomic_write_text, is_main_process
@@ -61,6 +63,10 @@ class TrainingHistory:
     step and validation), ``val_time_s`` and every metric of the validator
     (prefixed as the validator names them, e.g. ``val_dsc``, ``val_miou``), when it ran that epoch.
     On resume, rows after the resumed epoch are discarded. Only rank 0 writes.
+
+    In a distributed run (every rank attaches it), ``train_loss`` is the mean over the iterations of all
+    ranks, and ``lr_ranks`` lists the learning rate each rank used, so that a schedule that drifted between
+    ranks shows in the history; ``world_size`` records the number of ranks.
 
     Attach it to the trainer after ``ValidationHandler`` (so the epoch's validation metrics exist) and
     before ``LatestCheckpointer``: a kill between the two writes then leaves a history row that the
@@ -125,15 +131,33 @@ class TrainingHistory:
             self._loss_sum = self._loss_sum + (loss.detach() if hasattr(loss, "detach") else float(loss))
             self._loss_count += 1
 
+    def _reduce_over_ranks(self, engine: Engine) -> tuple[float, int, list | None]:
+        """The loss sum and iteration count of all ranks, and every rank's learning rate (``None`` alone)."""
+        loss_sum, count = self._loss_sum, self._loss_count
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return float(loss_sum), count, None
+        # NCCL reduces CUDA tensors only: use the device the loss lives on, or the engine's device
+        device = loss_sum.device if isinstance(loss_sum, torch.Tensor) else torch.device(
+            getattr(engine.state, "device", None) or ("cuda" if dist.get_backend() == "nccl" else "cpu"))
+        totals = torch.tensor([float(loss_sum), float(count)], dtype=torch.float64, device=device)
+        dist.all_reduce(totals)
+        lrs: list = [None] * dist.get_world_size()
+        dist.all_gather_object(lrs, self._lr)
+        return float(totals[0]), int(round(float(totals[1]))), lrs
+
     def _epoch_completed(self, engine: Engine) -> None:
         epoch = int(engine.state.epoch)
+        loss_sum, loss_count, lr_ranks = self._reduce_over_ranks(engine)
         row = {
             "epoch": epoch,
             "lr": self._lr,
-            "train_loss": float(self._loss_sum) / max(self._loss_count, 1),
+            "train_loss": loss_sum / max(loss_count, 1),
             "train_time_s": round(float(engine.state.times.get("EPOCH_COMPLETED") or 0.0), 3),
             "epoch_time_s": round(time.perf_counter() - self._epoch_start, 3),
         }
+        if lr_ranks is not None:
+            row["world_size"] = len(lr_ranks)
+            row["lr_ranks"] = lr_ranks
         if self.validator is not None and self._validated_epoch == epoch:
             row["val_time_s"] = round(float(self.validator.state.times.get("COMPLETED") or 0.0), 3)
             for name, value in self.validator.state.metrics.items():
