@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-train", action="store_true", help="skip the training step")
     parser.add_argument("--train-reference", action="store_true", help="also train with the slow reference scan")
     parser.add_argument("--no-scans", action="store_true", help="skip timing the selective scan alone")
+    parser.add_argument("--cuda-graph", "--cuda_graph", action="store_true",
+                        help="CUDA: also time latency and inference replayed as CUDA graphs")
     parser.add_argument(
         "--model-kwargs", default=None, help='JSON dict of VMUNet arguments, e.g. \'{"dims": [8,16,32,64]}\''
     )
@@ -59,6 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
         train=not args.no_train,
         train_reference=args.train_reference,
         scans=not args.no_scans,
+        cuda_graph=args.cuda_graph,
         model_kwargs=json.loads(args.model_kwargs) if args.model_kwargs else None,
     )
 

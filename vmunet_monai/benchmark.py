@@ -384,6 +384,7 @@ def benchmark(
     train_reference: bool = False,
     scans: bool = True,
     macs: bool = True,
+    cuda_graph: bool = False,
     model_kwargs: dict | None = None,
     seed: int = 0,
     quiet: bool = False,
@@ -421,6 +422,8 @@ def benchmark(
         train_reference: also train with the (very slow) ``reference`` backend.
         scans: time the selective scan alone per shape.
         macs: count MACs.
+        cuda_graph: on CUDA, also time latency and inference replayed as a CUDA graph
+            (:class:`vmunet_monai.networks.CUDAGraphModule`; modes ``latency_graph`` and ``inference_graph``).
         model_kwargs: extra ``VMUNet`` arguments (e.g. a small configuration); default: the paper model.
         seed: seed of the weights and inputs.
         quiet: do not print.
@@ -533,6 +536,12 @@ def benchmark(
                 _log_row(row, quiet)
                 del x_big
 
+            # the same two forwards replayed as CUDA graphs
+            if cuda_graph and on_cuda:
+                results.extend(
+                    _graph_rows(model, x_latency, throughput_batch_size, amp, dev, repeats, warmup, gen, out, row_base, quiet)
+                )
+
             # training step
             if train_batch_size and (backend != "reference" or train_reference):
                 model.train()
@@ -583,6 +592,39 @@ def benchmark(
     if not quiet and not _called_from_cli():
         print(format_report(report))
     return report
+
+
+def _graph_rows(model, x_latency, throughput_batch_size, amp, dev, repeats, warmup, gen, plain_out, row_base, quiet):
+    """Latency and inference rows with the forward replayed as a CUDA graph (captured before timing)."""
+    from vmunet_monai.networks.cuda_graph import CUDAGraphModule
+
+    rows = []
+    graphed = CUDAGraphModule(model)
+    inputs = [("latency_graph", x_latency)]
+    if throughput_batch_size:
+        x_big = torch.randn(throughput_batch_size, *x_latency.shape[1:], generator=gen).to(dev)
+        inputs.append(("inference_graph", x_big))
+    for mode, x in inputs:
+
+        def forward_graph(x=x):
+            with torch.inference_mode(), _autocast(dev, amp):
+                return graphed(x)
+
+        try:
+            forward_graph()  # capture outside the timed region and the memory measurement
+        except Exception as err:  # a backend that cannot be captured is reported, not fatal
+            rows.append({**row_base, "mode": mode, "skipped": f"capture failed: {type(err).__name__}: {err}"})
+            continue
+        with peak_memory_tracker(dev) as mem:
+            times = _time_calls(forward_graph, dev, repeats, warmup)
+        row = {**row_base, "mode": mode, "batch": x.shape[0], **_stats(times, x.shape[0]), "peak_mem_mib": mem.peak_mib}
+        if mode == "latency_graph":  # replay must give the ordinary forward's output
+            row["max_abs_diff"] = float((forward_graph().float() - plain_out).abs().max())
+            row["diff_vs"] = "ordinary forward"
+        rows.append(row)
+        _log_row(row, quiet)
+    graphed.reset()
+    return rows
 
 
 def _called_from_cli() -> bool:

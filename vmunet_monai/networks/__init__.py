@@ -1,1 +1,2 @@
+from .cuda_graph import CUDAGraphModule
 from .nets import VMUNet
