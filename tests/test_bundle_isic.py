@@ -91,6 +91,28 @@ def test_evaluate_zoo_form_writes_report(trained):
     assert len(overlays) == 11 and Image.open(overlays[0]).size == (3 * 32, 32)  # image | truth | prediction
 
 
+def test_two_process_evaluation_matches_one_process(trained, tmp_path):
+    """multi_gpu_evaluate.json (torchrun, 2 ranks, gloo) reports what evaluate.json reports on one process."""
+    root, _ = trained
+    reports = {}
+    for ranks in (1, 2):
+        out = tmp_path / f"ranks{ranks}"
+        configs = ["configs/train.json", "configs/evaluate.json"] + (["configs/multi_gpu_evaluate.json"] if ranks > 1 else [])
+        launcher = ([str(BIN / "torchrun"), "--standalone", "--nnodes=1", f"--nproc_per_node={ranks}", "-m", "monai.bundle"]
+                    if ranks > 1 else [sys.executable, "-m", "monai.bundle"])
+        _run(launcher + ["run", "--config_file", str(configs), "--output_dir", str(out), "--num_workers", "2", *TINY[:2]],
+             cwd=root)
+        reports[ranks] = (json.loads((out / "evaluation" / "metrics.json").read_text()),
+                          (out / "evaluation" / "per_image_scores.csv").read_text())
+        assert len(list((out / "evaluation" / "overlays").glob("*.png"))) == 11  # each rank wrote its shard's
+    (one, one_rows), (two, two_rows) = reports[1], reports[2]
+    assert two["ranks"] == 2 and two["num_images"] == one["num_images"] == 11
+    assert two["confusion_matrix"] == one["confusion_matrix"]
+    assert two_rows == one_rows  # same images, same order, same scores
+    for name, value in one["metrics"].items():
+        assert two["metrics"][name] == pytest.approx(value, abs=1e-6), name
+
+
 def test_infer_zoo_form_original_sizes(trained, tmp_path):
     root, _ = trained
     images = tmp_path / "my_images"

@@ -5,3 +5,4 @@ from vmunet_monai.handlers.history import TrainingHistory, plot_learning_curve
 from vmunet_monai.handlers.isic import ISICEvaluationWriter, ISICMetricHandler, OverlayWriter
 from vmunet_monai.handlers.progress import ProgressLogger
 from vmunet_monai.handlers.utils import atomic_torch_save, is_main_process
+from vmunet_monai.handlers.workers import ReleaseDataLoaderWorkers, shutdown_loader_workers

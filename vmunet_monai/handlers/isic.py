@@ -97,8 +97,9 @@ class ISICEvaluationWriter:
       empty truth and empty prediction scores Dice = IoU = 1, empty truth with a prediction scores 0;
     - ``overlays/<file>.png``: three panels: image, truth (green), prediction (red).
 
-    In a multi-GPU evaluation only rank 0 writes; its per-image rows and overlays cover its own shard,
-    while the evaluator metrics are gathered over all ranks.
+    In a multi-GPU evaluation every rank writes the overlays of its own shard, and rank 0 writes the
+    reports after gathering the per-image rows and confusion counts of all ranks (rows in dataset order
+    for MONAI's ``DistributedSampler`` with ``shuffle=False``), so they match a one-GPU evaluation.
 
     Args:
         output_dir: report folder.
@@ -132,7 +133,8 @@ class ISICEvaluationWriter:
         outputs = engine.state.output if isinstance(engine.state.output, list) else [engine.state.output]
         for item in outputs:
             pred, label = item[self.pred_key], item[self.label_key]
-            counts = confusion_counts(pred[None].float(), label[None].float())[0]
+            # counted on the prediction's device, accumulated on the CPU in float64 (exact up to 2**53 pixels)
+            counts = confusion_counts(pred[None].float(), label[None].float())[0].detach().to("cpu", torch.float64)
             self.counts += counts
             tn, fp, fn, tp = counts.tolist()
             empty = tp + fn == 0 and tp + fp == 0
@@ -144,14 +146,30 @@ class ISICEvaluationWriter:
                 "tp": int(tp), "fp": int(fp), "fn": int(fn), "tn": int(tn),
                 "truth_area": int(tp + fn), "pred_area": int(tp + fp),
             })
-            if self.save_overlays and is_main_process():
+            if self.save_overlays:
                 image = to_display(item[self.image_key])
                 panels = [image, overlay_panel(image, _mask_hw(label), TRUTH_COLOUR),
                           overlay_panel(image, _mask_hw(pred), PRED_COLOUR)]
                 (self.output_dir / "overlays").mkdir(parents=True, exist_ok=True)
                 Image.fromarray(np.concatenate(panels, axis=1)).save(self.output_dir / "overlays" / f"{name}.png")
 
+    def _gather_over_ranks(self) -> None:
+        """Sum the confusion counts and collect the per-image rows of all ranks (collective; every rank calls)."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return
+        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+        counts = self.counts.to(device)
+        dist.all_reduce(counts)
+        self.counts = counts.cpu()
+        shards: list = [None] * dist.get_world_size()
+        dist.all_gather_object(shards, self.rows)
+        # DistributedSampler(shuffle=False) gives rank r the items r, r + world, ...: interleave back
+        self.rows = [shard[i] for i in range(max(len(s) for s in shards)) for shard in shards if i < len(shard)]
+
     def _completed(self, engine: Engine) -> None:
+        self._gather_over_ranks()
         if not is_main_process():
             return
         metrics = {}
@@ -166,7 +184,7 @@ class ISICEvaluationWriter:
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         report = {
             "metrics": metrics,
-            "ranks": world,  # > 1: metrics are gathered over all ranks, the rest covers rank 0's shard
+            "ranks": world,  # > 1: every number here is gathered over all ranks
             "isic_pixel_pooled": scores,
             "confusion_matrix": dict(zip(("tn", "fp", "fn", "tp"), (int(v) for v in self.counts.tolist()))),
             "num_images": len(self.rows),
