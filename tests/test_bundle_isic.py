@@ -127,6 +127,13 @@ def test_infer_zoo_form_original_sizes(trained, tmp_path):
         mask = Image.open(out / f"{name}_seg.png")
         assert mask.size == size and set(np.unique(np.asarray(mask))) <= {0, 255}
         assert Image.open(out / f"{name}_overlay.png").size == size
+    # the documented CUDA-graph inferer override gives the same masks (on CPU it runs the ordinary forward)
+    graphed = tmp_path / "masks_graph"
+    _run(_bundle_run("--config_file", "configs/inference.json", "--dataset_dir", str(images), "--output_dir", str(graphed),
+                     "--ckpt_dir", "models/demo", "--save_overlay", "False",
+                     "--inferer#_target_", "vmunet_monai.workflows.inferers.CUDAGraphInferer"), cwd=root)
+    for name in ("wide", "tall_rgba"):
+        assert np.array_equal(np.asarray(Image.open(graphed / f"{name}_seg.png")), np.asarray(Image.open(out / f"{name}_seg.png")))
 
 
 def test_config_workflow_properties(trained):
