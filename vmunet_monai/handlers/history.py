@@ -13,7 +13,13 @@ import torch
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 
-from vmunet_monai.handlers.utils import atomic_write_json, atomic_write_text, is_main_process
+from vmunet_monai.handlers.utils import (
+    atomic_write_json,
+    atomic_write_text,
+    collective_device,
+    is_main_process,
+    world_size,
+)
 
 __all__ = ["TrainingHistory", "plot_learning_curve"]
 
@@ -131,23 +137,20 @@ class TrainingHistory:
             self._loss_sum = self._loss_sum + (loss.detach() if hasattr(loss, "detach") else float(loss))
             self._loss_count += 1
 
-    def _reduce_over_ranks(self, engine: Engine) -> tuple[float, int, list | None]:
+    def _reduce_over_ranks(self) -> tuple[float, int, list | None]:
         """The loss sum and iteration count of all ranks, and every rank's learning rate (``None`` alone)."""
         loss_sum, count = self._loss_sum, self._loss_count
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        if world_size() == 1:
             return float(loss_sum), count, None
-        # NCCL reduces CUDA tensors only: use the device the loss lives on, or the engine's device
-        device = loss_sum.device if isinstance(loss_sum, torch.Tensor) else torch.device(
-            getattr(engine.state, "device", None) or ("cuda" if dist.get_backend() == "nccl" else "cpu"))
-        totals = torch.tensor([float(loss_sum), float(count)], dtype=torch.float64, device=device)
+        totals = torch.tensor([float(loss_sum), float(count)], dtype=torch.float64, device=collective_device())
         dist.all_reduce(totals)
-        lrs: list = [None] * dist.get_world_size()
+        lrs: list = [None] * world_size()
         dist.all_gather_object(lrs, self._lr)
         return float(totals[0]), int(round(float(totals[1]))), lrs
 
     def _epoch_completed(self, engine: Engine) -> None:
         epoch = int(engine.state.epoch)
-        loss_sum, loss_count, lr_ranks = self._reduce_over_ranks(engine)
+        loss_sum, loss_count, lr_ranks = self._reduce_over_ranks()
         row = {
             "epoch": epoch,
             "lr": self._lr,

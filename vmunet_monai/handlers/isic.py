@@ -10,12 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from ignite.engine import Engine, Events
 from monai.handlers import IgniteMetricHandler, from_engine
 from PIL import Image
 
 from vmunet_monai.data.isic_io import ISICDataError, read_image_rgb
-from vmunet_monai.handlers.utils import atomic_write_json, atomic_write_text, is_main_process
+from vmunet_monai.handlers.utils import (
+    atomic_write_json,
+    atomic_write_text,
+    collective_device,
+    is_main_process,
+    world_size,
+)
 from vmunet_monai.metrics.isic import ISIC_METRIC_NAMES, ISICMetric, confusion_counts, isic_scores
 
 __all__ = ["ISICMetricHandler", "ISICEvaluationWriter", "OverlayWriter", "overlay_panel", "to_display"]
@@ -155,15 +162,12 @@ class ISICEvaluationWriter:
 
     def _gather_over_ranks(self) -> None:
         """Sum the confusion counts and collect the per-image rows of all ranks (collective; every rank calls)."""
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        if world_size() == 1:
             return
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
-        counts = self.counts.to(device)
+        counts = self.counts.to(collective_device())
         dist.all_reduce(counts)
         self.counts = counts.cpu()
-        shards: list = [None] * dist.get_world_size()
+        shards: list = [None] * world_size()
         dist.all_gather_object(shards, self.rows)
         # DistributedSampler(shuffle=False) gives rank r the items r, r + world, ...: interleave back
         self.rows = [shard[i] for i in range(max(len(s) for s in shards)) for shard in shards if i < len(shard)]
@@ -179,12 +183,9 @@ class ISICEvaluationWriter:
             except (TypeError, ValueError):
                 continue
         scores = isic_scores(self.counts)
-        import torch.distributed as dist
-
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         report = {
             "metrics": metrics,
-            "ranks": world,  # > 1: every number here is gathered over all ranks
+            "ranks": world_size(),  # > 1: every number here is gathered over all ranks
             "isic_pixel_pooled": scores,
             "confusion_matrix": dict(zip(("tn", "fp", "fn", "tp"), (int(v) for v in self.counts.tolist()))),
             "num_images": len(self.rows),

@@ -11,12 +11,24 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-__all__ = ["is_main_process", "atomic_torch_save", "atomic_write_text", "atomic_write_json", "unwrap_network"]
+__all__ = ["is_main_process", "world_size", "collective_device", "atomic_torch_save", "atomic_write_text", "atomic_write_json", "unwrap_network"]
 
 
 def is_main_process() -> bool:
     """True on rank 0 of a distributed run, and always without ``torch.distributed``."""
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def world_size() -> int:
+    """Number of ranks of the distributed run (1 without ``torch.distributed``)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def collective_device() -> torch.device:
+    """Where tensors for collectives must live: the rank's current CUDA device for NCCL, else the CPU."""
+    if world_size() > 1 and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def _atomic_write(path: str | Path, write) -> None:

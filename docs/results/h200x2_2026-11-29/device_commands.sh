@@ -1,3 +1,10 @@
+# The scripts run on the nvidia-h200-x2 machine on 2026-11-29, concatenated in this order:
+# env.sh (sourced by each); c12.sh (call 1: wheels, data, then stopped at the mamba_ssm import check, which
+# imported selective_scan_cuda before torch); c2.sh (call 2, the same from mamba_ssm on: issue 7 runs, then
+# the bf16 and float32 trainings in the background); c3.sh (call 3: benchmark, GPU tests, fallback copy of
+# the float32 run's best model via pack8.sh); c4.sh (call 4: stop the float32 run, pack8.sh); c5.sh (call 5:
+# exit-stall fix and multi-GPU evaluation rerun after the fixes).
+
 # sourced by every GPU call script: environment on the device machine
 REPO=$(pwd)
 export PYTHONPATH=/tmp/site:$REPO PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
