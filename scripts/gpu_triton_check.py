@@ -18,7 +18,7 @@ Sections (each case catches and prints its own exception, so one failure does no
 3. Whole-network parity: VMUNet logits and input gradient with scan_backend triton vs torch (vs mamba_ssm).
 4. Timings at the VM-UNet 256x256 stage shapes (B=32): triton vs the published path (cross-scan copies,
    einsums, fp32 cast, mamba_ssm or torch scan, cross-merge), forward (inference) and forward+backward,
-   fp32 and bf16 autocast, with peak memory.
+   fp32 and bf16 autocast, with peak memory; the previous backward kernel (``bwd_adjoint=0``) in a column of its own.
 5. Tile-size sweep (bf16, forward and backward separately), with registers/spills of each compiled kernel,
    and the recommended ``VMUNET_TRITON_SCAN`` setting.
 """
@@ -370,14 +370,18 @@ def _triton_with(**overrides):
     return fn
 
 
+WITH_TORCH_PATH = True  # --no-torch-path drops the (slow) published path on the pure-PyTorch scan
+
+
 def timed_paths():
-    paths = {"triton": lambda x, p: st.ss2d_scan_triton(x, *p), "triton fwd_seq=1": _triton_with(fwd_seq=1)}
+    # the previous backward kernel (bwd_adjoint=0) as its own column: the same run compares the two
+    paths = {"triton": lambda x, p: st.ss2d_scan_triton(x, *p), "triton bwd_adjoint=0": _triton_with(bwd_adjoint=0)}
     m = mamba_scan_fn()
     if m is not None:
         paths["published+mamba_ssm"] = lambda x, p: ss2d_published(x, *p, scan=m)
     else:
         log("  (mamba_ssm not importable: no published+mamba_ssm column)")
-    t = torch_scan_fn()
+    t = torch_scan_fn() if WITH_TORCH_PATH else None
     if t is not None:
         paths["published+torch"] = lambda x, p: ss2d_published(x, *p, scan=t)
     return paths
@@ -445,19 +449,21 @@ def timings(batch):
 # (BLOCK_L, BLOCK_D, warps, sequential): sequential=1 is the one-step-per-iteration forward (fwd_seq=1)
 FWD_CANDIDATES = [(16, 16, 4, 0), (32, 16, 4, 0), (32, 16, 8, 0), (64, 16, 8, 0), (16, 32, 4, 0), (32, 32, 8, 0),
                   (64, 8, 4, 0), (16, 8, 2, 0), (16, 16, 1, 1), (16, 32, 2, 1), (16, 8, 1, 1), (16, 64, 4, 1)]
-BWD_CANDIDATES = [(16, 16, 4), (16, 16, 8), (32, 16, 8), (16, 32, 8), (8, 32, 4), (32, 8, 4), (16, 8, 4),
-                  (8, 16, 2), (64, 8, 8)]
+# (BLOCK_L, BLOCK_D, warps, adjoint): adjoint=1 is the adjoint-scan backward (default), 0 the shifted-rows one
+BWD_CANDIDATES = [(8, 32, 4, 0), (8, 32, 4, 1), (16, 16, 4, 1), (16, 32, 8, 1), (8, 16, 2, 1), (16, 16, 8, 1),
+                  (8, 64, 8, 1), (32, 16, 8, 1), (4, 64, 4, 1), (16, 32, 4, 1), (8, 32, 8, 1)]
 
 
-def sweep(batch, budget_s):
+def sweep(batch, budget_s, bwd_only=False):
     default = st.get_config()
     best_fwd = {}
     best_bwd = {}
+    fwd_candidates = [] if bwd_only else FWD_CANDIDATES
     log("  forward (bf16 inference) ms per stage; regs/spills of the compiled kernel")
     log("  " + f"{'BL,BD,warps':>14} " + " ".join(f"{f'{h}x{w} D={d}':>16}" for h, w, d, _, _ in STAGES) +
         f" {'weighted':>10}  regs/spills")
     fwd_scores = {}
-    for bl, bd, nw, seq in FWD_CANDIDATES:
+    for bl, bd, nw, seq in fwd_candidates:
         if time.time() - T0 > budget_s:
             log("  (budget reached, sweep stopped)")
             break
@@ -484,16 +490,16 @@ def sweep(batch, budget_s):
 
     log("  forward+backward (bf16 training) ms per stage with the best forward; regs/spills of the backward kernel")
     bwd_scores = {}
-    for bl, bd, nw in BWD_CANDIDATES:
+    for bl, bd, nw, adj in BWD_CANDIDATES:
         if time.time() - T0 > budget_s:
             log("  (budget reached, sweep stopped)")
             break
         seg = max(default.seg_len, bl, fbest[0])
         st.set_config(default, fwd_block_l=fbest[0], fwd_block_d=fbest[1], fwd_warps=fbest[2], fwd_seq=fbest[3],
-                      bwd_block_l=bl, bwd_block_d=bd, bwd_warps=nw, seg_len=seg)
+                      bwd_block_l=bl, bwd_block_d=bd, bwd_warps=nw, seg_len=seg, bwd_adjoint=adj)
         cells, total = [], 0.0
         for h, w, d, r, nblk in STAGES:
-            res = guarded(f"sweep bwd {bl},{bd},{nw} {h}x{w}")(
+            res = guarded(f"sweep bwd {bl},{bd},{nw},{adj} {h}x{w}")(
                 time_stage, "triton", lambda x, p: st.ss2d_scan_triton(x, *p), batch, h, w, d, r, True, True)
             if res is None:
                 cells.append(f"{'error':>16}")
@@ -502,19 +508,20 @@ def sweep(batch, budget_s):
                 cells.append(f"{res[0]:>9.3f}ms/{res[1]:>4.0f}M")
                 total += res[0] * nblk
                 if res[0] < best_bwd.get((h, d), (float("inf"),))[0]:
-                    best_bwd[(h, d)] = (res[0], (bl, bd, nw))
+                    best_bwd[(h, d)] = (res[0], (bl, bd, nw, adj))
         info = st.kernel_info().get("bwd", {})
-        bwd_scores[(bl, bd, nw)] = total
-        log(f"  {f'{bl},{bd},{nw}':>14} " + " ".join(cells) + f" {total:>10.2f}  {info.get('n_regs')}/{info.get('n_spills')}")
+        bwd_scores[(bl, bd, nw, adj)] = total
+        log(f"  {f'{bl},{bd},{nw},{adj}':>14} " + " ".join(cells) + f" {total:>10.2f}  {info.get('n_regs')}/{info.get('n_spills')}")
     bbest = min(bwd_scores, key=bwd_scores.get) if bwd_scores else (default.bwd_block_l, default.bwd_block_d,
-                                                                      default.bwd_warps)
+                                                                      default.bwd_warps, default.bwd_adjoint)
     # seg_len: memory vs recomputation
     seg_res = []
     for seg in sorted({max(v, fbest[0], bbest[0]) for v in (bbest[0], 64, 128, 256)}):
         if time.time() - T0 > budget_s:
             break
         st.set_config(default, fwd_block_l=fbest[0], fwd_block_d=fbest[1], fwd_warps=fbest[2], fwd_seq=fbest[3],
-                      bwd_block_l=bbest[0], bwd_block_d=bbest[1], bwd_warps=bbest[2], seg_len=seg)
+                      bwd_block_l=bbest[0], bwd_block_d=bbest[1], bwd_warps=bbest[2], bwd_adjoint=bbest[3],
+                      seg_len=seg)
         h, w, d, r, _ = STAGES[0]
         res = guarded(f"seg {seg}")(time_stage, "triton", lambda x, p: st.ss2d_scan_triton(x, *p), batch, h, w, d, r,
                                     True, True)
@@ -526,7 +533,7 @@ def sweep(batch, budget_s):
     log("  per-stage best fwd+bwd: " + ", ".join(f"{h}/{d}: {v[1]} {v[0]:.3f}ms" for (h, d), v in best_bwd.items()))
     rec = (f"fwd_block_l={fbest[0]},fwd_block_d={fbest[1]},fwd_warps={fbest[2]},fwd_seq={fbest[3]},"
            f"bwd_block_l={bbest[0]},"
-           f"bwd_block_d={bbest[1]},bwd_warps={bbest[2]},seg_len={seg_best}"
+           f"bwd_block_d={bbest[1]},bwd_warps={bbest[2]},bwd_adjoint={bbest[3]},seg_len={seg_best}"
            + (",bwd_rev_flip=1" if default.bwd_rev_flip else ""))
     log(f"  RECOMMENDED: VMUNET_TRITON_SCAN={rec}")
     st.set_config(default)
@@ -537,10 +544,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="parity and default timings only (no sweep)")
     parser.add_argument("--batch", type=int, default=None, help="batch for timings (default 32; 1 with --cpu-smoke)")
     parser.add_argument("--budget", type=float, default=420.0, help="seconds after which the sweep stops")
+    parser.add_argument("--no-torch-path", action="store_true",
+                        help="leave the published path on the pure-PyTorch scan out of the timings (slow)")
+    parser.add_argument("--bwd-only", action="store_true", help="sweep only the backward tiles (default forward)")
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="run this script's logic on CPU through the Triton interpreter with tiny shapes")
     args = parser.parse_args()
-    global DEV, STAGES, N_STATE, DET_SHAPE, GEN_SHAPE, FWD_CANDIDATES, BWD_CANDIDATES
+    global DEV, STAGES, N_STATE, DET_SHAPE, GEN_SHAPE, FWD_CANDIDATES, BWD_CANDIDATES, WITH_TORCH_PATH
     parity_cases = [(1, 3, 5, 32, 16, 2), (1, 7, 7, 96, 16, 6), (2, 13, 9, 64, 16, 4), (2, 16, 16, 192, 16, 12),
                     (1, 28, 28, 384, 16, 24), (3, 14, 14, 768, 16, 48), (2, 8, 8, 1536, 16, 48), (1, 1, 1, 16, 16, 1),
                     (1, 56, 56, 96, 4, 6)]
@@ -553,7 +563,7 @@ def main() -> None:
         DET_SHAPE = (1, 3, 4, 8)
         GEN_SHAPE = (1, 2, 4, 4, 9)
         FWD_CANDIDATES = [FWD_CANDIDATES[0], FWD_CANDIDATES[8]]
-        BWD_CANDIDATES = BWD_CANDIDATES[:2]
+        BWD_CANDIDATES = BWD_CANDIDATES[:3]
         parity_cases = [(1, 3, 5, 6, 4, 2), (1, 1, 1, 4, 4, 1)]
         alt_case = (1, 2, 3, 4, 4, 1)
         bf16_cases = [(1, 3, 3, 8, 4, 1)]
@@ -561,6 +571,7 @@ def main() -> None:
             sys.exit("--cpu-smoke needs TRITON_INTERPRET=1 in the environment")
     elif not torch.cuda.is_available():
         sys.exit("gpu_triton_check.py needs a CUDA GPU (or --cpu-smoke with TRITON_INTERPRET=1)")
+    WITH_TORCH_PATH = not args.no_torch_path
     if args.batch is None:
         args.batch = 1 if args.cpu_smoke else 32
     import triton
@@ -585,7 +596,8 @@ def main() -> None:
         st.set_config(bwd_rev_flip=1)
         log("  !! default parity failed but the flip fallback passes: using bwd_rev_flip=1 for the rest of this run "
             "(set VMUNET_TRITON_SCAN=...,bwd_rev_flip=1)")
-    for cfg in (dict(fwd_block_l=16, bwd_block_l=16, seg_len=16), dict(fwd_block_l=64, bwd_block_l=8, seg_len=256)):
+    for cfg in (dict(fwd_block_l=16, bwd_block_l=16, seg_len=16), dict(fwd_block_l=64, bwd_block_l=8, seg_len=256),
+                dict(bwd_adjoint=0), dict(bwd_adjoint=0, bwd_rev_flip=1)):
         before = st.get_config()
         st.set_config(**cfg)
         log(f"  config {cfg}:")
@@ -609,7 +621,7 @@ def main() -> None:
 
     if not args.quick:
         log(f"\n[5] tile sweep (stops at {args.budget:.0f} s total)")
-        guarded("sweep")(sweep, args.batch, args.budget)
+        guarded("sweep")(sweep, args.batch, args.budget, args.bwd_only)
 
     log(f"\ndone in {time.time() - T0:.0f} s; failures: {len(RESULTS['failures'])}")
     for f in RESULTS["failures"]:

@@ -90,6 +90,10 @@ class ScanConfig:
             ``tl.associative_scan``; which is faster depends on the GPU (see scripts/gpu_triton_check.py).
         bwd_rev_flip: 1 = compute the backward's reverse-time scan as flip / forward scan / flip instead
             of ``tl.associative_scan(reverse=True)`` (a fallback for Triton builds with a faulty reverse scan).
+        bwd_adjoint: 1 = backward kernel that scans the adjoint g_t = dLoss/dh_t directly (one tile load,
+            one exp per state element and two scans per tile); 0 = the earlier kernel that rebuilds h_{t-1}
+            and exp(delta_{t+1} A) from the neighbouring rows (three tile loads, three exps, three scans).
+            Both give the same gradients; 0 is kept for comparison on new GPUs and Triton versions.
     """
 
     # Defaults: the best forward and forward+backward tiles of the H200 sweep (scripts/gpu_triton_check.py,
@@ -106,6 +110,7 @@ class ScanConfig:
     seg_len: int = 64
     bwd_rev_flip: int = 0
     fwd_seq: int = 0
+    bwd_adjoint: int = 1
 
     def validate(self) -> "ScanConfig":
         for f in ("fwd_block_l", "fwd_block_d", "bwd_block_l", "bwd_block_d"):
@@ -242,7 +247,7 @@ def _kernels():
         _vectorise_interpreter_scan()
     from . import ss2d_triton_kernels as kern
 
-    return kern.fwd_kernel, kern.bwd_kernel
+    return kern.fwd_kernel, kern.bwd_kernel, kern.bwd_adjoint_kernel
 
 
 # --------------------------------------------------------------------------------------------------
@@ -268,7 +273,7 @@ def _next_pow2(n: int) -> int:
 
 def _scan_forward(u4, dl4, b4, c4, A, Dskip, bias, H, W, cross, softplus, save_states, cfg):
     """Run the forward kernel. All 4D tensors are views indexed (b, k, l, d|n)."""
-    fwd_kernel, _ = _kernels()
+    fwd_kernel = _kernels()[0]
     Bsz, K, L, DM = dl4.shape
     N = A.shape[1]
     y4_store = torch.empty((K, Bsz, L, DM), device=dl4.device, dtype=torch.float32)
@@ -298,7 +303,8 @@ def _scan_forward(u4, dl4, b4, c4, A, Dskip, bias, H, W, cross, softplus, save_s
 
 def _scan_backward(u4, dl4, b4, c4, A, Dskip, bias, dy4, states, du4, H, W, cross, softplus, cfg, fwd_cfg):
     """Run the backward kernel; returns (ddelta_raw, dB, dC, dA, dD) with dB/dC/dA/dD reduced."""
-    _, bwd_kernel = _kernels()
+    _, bwd_shift_kernel, bwd_adjoint_kernel = _kernels()
+    bwd_kernel = bwd_adjoint_kernel if cfg.bwd_adjoint else bwd_shift_kernel
     Bsz, K, L, DM = dl4.shape
     N = A.shape[1]
     NP = _next_pow2(N)
