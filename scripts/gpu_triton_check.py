@@ -357,16 +357,13 @@ def cuda_time(fn, warmup=3, iters=10):
 
 
 def _triton_with(**overrides):
-    """ss2d_scan_triton under a temporarily changed kernel configuration."""
+    """ss2d_scan_triton under a changed kernel configuration; ``time_stage`` applies ``fn.overrides`` around
+    the whole step, because the backward reads the configuration when it runs, after the forward returned."""
 
     def fn(x, p):
-        before = st.get_config()
-        st.set_config(before, **overrides)
-        try:
-            return st.ss2d_scan_triton(x, *p)
-        finally:
-            st.set_config(before)
+        return st.ss2d_scan_triton(x, *p)
 
+    fn.overrides = overrides
     return fn
 
 
@@ -375,7 +372,8 @@ WITH_TORCH_PATH = True  # --no-torch-path drops the (slow) published path on the
 
 def timed_paths():
     # the previous backward kernel (bwd_adjoint=0) as its own column: the same run compares the two
-    paths = {"triton": lambda x, p: st.ss2d_scan_triton(x, *p), "triton bwd_adjoint=0": _triton_with(bwd_adjoint=0)}
+    paths = {"triton": lambda x, p: st.ss2d_scan_triton(x, *p), "triton bwd_adjoint=0": _triton_with(bwd_adjoint=0),
+             "triton upcast_16bit=0": _triton_with(upcast_16bit=0)}
     m = mamba_scan_fn()
     if m is not None:
         paths["published+mamba_ssm"] = lambda x, p: ss2d_published(x, *p, scan=m)
@@ -402,6 +400,18 @@ def time_stage(name, fn, b, h, w, d, r, bf16, train):
                 with torch.no_grad():
                     fn(xin, params)
 
+    overrides = getattr(fn, "overrides", None)
+    if overrides:
+        before = st.get_config()
+        st.set_config(before, **overrides)
+        try:
+            return _time_step(name, step)
+        finally:
+            st.set_config(before)
+    return _time_step(name, step)
+
+
+def _time_step(name, step):
     if DEV != "cuda":
         return cuda_time(step), float("nan")
     torch.cuda.synchronize()
@@ -450,8 +460,8 @@ def timings(batch):
 FWD_CANDIDATES = [(16, 16, 4, 0), (32, 16, 4, 0), (32, 16, 8, 0), (64, 16, 8, 0), (16, 32, 4, 0), (32, 32, 8, 0),
                   (64, 8, 4, 0), (16, 8, 2, 0), (16, 16, 1, 1), (16, 32, 2, 1), (16, 8, 1, 1), (16, 64, 4, 1)]
 # (BLOCK_L, BLOCK_D, warps, adjoint): adjoint=1 is the adjoint-scan backward (default), 0 the shifted-rows one
-BWD_CANDIDATES = [(8, 32, 4, 0), (8, 32, 4, 1), (16, 16, 4, 1), (16, 32, 8, 1), (8, 16, 2, 1), (16, 16, 8, 1),
-                  (8, 64, 8, 1), (32, 16, 8, 1), (4, 64, 4, 1), (16, 32, 4, 1), (8, 32, 8, 1)]
+BWD_CANDIDATES = [(8, 32, 4, 1), (8, 32, 4, 0), (4, 64, 4, 1), (8, 64, 8, 1), (8, 16, 2, 1), (16, 32, 8, 1),
+                  (4, 32, 2, 1), (4, 128, 8, 1), (16, 16, 4, 1)]
 
 
 def sweep(batch, budget_s, bwd_only=False):
@@ -528,6 +538,17 @@ def sweep(batch, budget_s, bwd_only=False):
         if res is not None:
             seg_res.append((seg, res))
             log(f"  seg_len={seg}: stage-1 bf16 train {res[0]:.3f} ms, peak extra {res[1]:.0f} MiB")
+    if bbest[0] < fbest[0] and time.time() - T0 < budget_s:
+        # a state saved per backward tile (no recomputation pass) needs the forward's tiles that short too
+        st.set_config(default, fwd_block_l=bbest[0], fwd_block_d=fbest[1], fwd_warps=fbest[2], fwd_seq=fbest[3],
+                      bwd_block_l=bbest[0], bwd_block_d=bbest[1], bwd_warps=bbest[2], bwd_adjoint=bbest[3],
+                      seg_len=bbest[0])
+        h, w, d, r, _ = STAGES[0]
+        res = guarded("seg per tile")(time_stage, "triton", lambda x, p: st.ss2d_scan_triton(x, *p), batch, h, w, d,
+                                      r, True, True)
+        if res is not None:
+            log(f"  seg_len={bbest[0]} with fwd_block_l={bbest[0]} (no recomputation): stage-1 bf16 train "
+                f"{res[0]:.3f} ms, peak extra {res[1]:.0f} MiB (not auto-selected: memory)")
     seg_best = min(seg_res, key=lambda s: s[1][0])[0] if seg_res else default.seg_len
     log("  per-stage best forward: " + ", ".join(f"{h}/{d}: {v[1]} {v[0]:.3f}ms" for (h, d), v in best_fwd.items()))
     log("  per-stage best fwd+bwd: " + ", ".join(f"{h}/{d}: {v[1]} {v[0]:.3f}ms" for (h, d), v in best_bwd.items()))
@@ -539,6 +560,36 @@ def sweep(batch, budget_s, bwd_only=False):
     st.set_config(default)
 
 
+def compare_backward_kernels(batch, parity_cases):
+    """Parity of both backward kernels, then their training-step time at the stage shapes (fp32 and bf16)."""
+    ok = {}
+    for adj in (0, 1):
+        before = st.get_config()
+        st.set_config(before, bwd_adjoint=adj)
+        n_bad = len(RESULTS["failures"])
+        log(f"  bwd_adjoint={adj}:")
+        for case in parity_cases:
+            guarded(f"parity adjoint={adj} {case}")(parity_case, *case)
+        ok[adj] = len(RESULTS["failures"]) == n_bad
+        st.set_config(before)
+    totals = {}
+    log("  ms per training step of the 15 SS2D cores (forward + backward), B=" + str(batch))
+    for adj in (0, 1):
+        fn = _triton_with(bwd_adjoint=adj)
+        for bf16 in (False, True):
+            total = 0.0
+            for h, w, d, r, nblk in STAGES:
+                res = guarded(f"compare adjoint={adj}")(time_stage, "triton", fn, batch, h, w, d, r, bf16, True)
+                total += (res[0] if res else float("inf")) * nblk
+            totals[(adj, bf16)] = total
+            info = st.kernel_info().get("bwd", {})
+            log(f"    bwd_adjoint={adj} {'bf16' if bf16 else 'fp32'}: {total:8.2f} ms  "
+                f"(backward regs/spills {info.get('n_regs')}/{info.get('n_spills')}; parity {'ok' if ok[adj] else 'FAILED'})")
+    good = [a for a in (0, 1) if ok[a]]
+    best = min(good, key=lambda a: totals[(a, True)] + totals[(a, False)]) if good else 0
+    log(f"  BEST_BWD_ADJOINT={best}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="parity and default timings only (no sweep)")
@@ -546,6 +597,8 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=420.0, help="seconds after which the sweep stops")
     parser.add_argument("--no-torch-path", action="store_true",
                         help="leave the published path on the pure-PyTorch scan out of the timings (slow)")
+    parser.add_argument("--compare-bwd", action="store_true",
+                        help="only: parity of both backward kernels and their training-step times")
     parser.add_argument("--bwd-only", action="store_true", help="sweep only the backward tiles (default forward)")
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="run this script's logic on CPU through the Triton interpreter with tiny shapes")
@@ -582,6 +635,14 @@ def main() -> None:
     log(f"default config: {st.get_config()}")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
+
+    if args.compare_bwd:
+        log("\n[backward kernels] fp32 parity vs float64 reference, then timings")
+        compare_backward_kernels(args.batch, parity_cases)
+        log(f"\ndone in {time.time() - T0:.0f} s; failures: {len(RESULTS['failures'])}")
+        for f in RESULTS["failures"]:
+            log(f"  - {f}")
+        return
 
     log("\n[1] fp32 parity vs float64 reference (max|err| / max|ref|, tolerance 1e-4)")
     for case in parity_cases:

@@ -90,10 +90,13 @@ class ScanConfig:
             ``tl.associative_scan``; which is faster depends on the GPU (see scripts/gpu_triton_check.py).
         bwd_rev_flip: 1 = compute the backward's reverse-time scan as flip / forward scan / flip instead
             of ``tl.associative_scan(reverse=True)`` (a fallback for Triton builds with a faulty reverse scan).
-        bwd_adjoint: 1 = backward kernel that scans the adjoint g_t = dLoss/dh_t directly (one tile load,
-            one exp per state element and two scans per tile); 0 = the earlier kernel that rebuilds h_{t-1}
-            and exp(delta_{t+1} A) from the neighbouring rows (three tile loads, three exps, three scans).
-            Both give the same gradients; 0 is kept for comparison on new GPUs and Triton versions.
+        bwd_adjoint: 1 = backward kernel whose reverse scan is the adjoint g_t = dLoss/dh_t itself (a
+            three-component scan over the tile's own rows: two tile loads and two exps per state element);
+            0 = the earlier kernel that also loads the next rows to form exp(delta_{t+1} A) (three tile loads,
+            three exps). Both give the same gradients; which is faster depends on the GPU and Triton version.
+        upcast_16bit: 1 = under autocast, hand the kernels fp32 copies of the 16-bit activations (u, delta,
+            B, C) and take fp32 gradients back (cast to the 16-bit dtypes afterwards). The kernels compute
+            in fp32 either way, so results are identical; 0 = let the kernels load 16-bit values themselves.
     """
 
     # Defaults: the best forward and forward+backward tiles of the H200 sweep (scripts/gpu_triton_check.py,
@@ -111,6 +114,7 @@ class ScanConfig:
     bwd_rev_flip: int = 0
     fwd_seq: int = 0
     bwd_adjoint: int = 1
+    upcast_16bit: int = 1
 
     def validate(self) -> "ScanConfig":
         for f in ("fwd_block_l", "fwd_block_d", "bwd_block_l", "bwd_block_d"):
@@ -396,12 +400,20 @@ def _ss2d_n_slots(length: int, cfg: ScanConfig) -> int:
     return triton_cdiv(triton_cdiv(length, cfg.fwd_block_l), cfg.seg_len // cfg.fwd_block_l) + 1
 
 
+def _kernel_dtype(cfg: ScanConfig, *tensors: torch.Tensor):
+    """The tensors as the kernels will read them: fp32 copies of 16-bit ones when ``upcast_16bit`` is set."""
+    if not cfg.upcast_16bit:
+        return tensors
+    return tuple(t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors)
+
+
 def _ss2d_fwd_impl(u, x_dbl, dt_w, A, Ds, delta_bias, H, W, cfg_list, save_states):
     """Forward of the fused core: (y (B, L, D) fp32, saved states or a 1-element placeholder)."""
     cfg = _cfg_from_list(cfg_list)
     r = dt_w.shape[2]
     n = A.shape[1]
     _, delta = _ss2d_delta(x_dbl, dt_w, r)
+    u, x_dbl, delta = _kernel_dtype(cfg, u, x_dbl, delta)
     u4, dl4, b4, c4 = _ss2d_views(u, x_dbl, delta, r, n)
     y_parts, states = _scan_forward(u4, dl4, b4, c4, A, Ds, delta_bias, H, W, True, True, save_states, cfg)
     return y_parts.sum(0), states
@@ -418,16 +430,18 @@ def _ss2d_bwd_impl(dy, u, x_dbl, dt_w, A, Ds, delta_bias, states, H, W, cfg_list
     # delta is recomputed rather than saved: it is the largest tensor of the core (K x the activation)
     dts, delta = _ss2d_delta(x_dbl, dt_w, r)
     k, bsz, length, dm = delta.shape
-    u4, dl4, b4, c4 = _ss2d_views(u, x_dbl, delta, r, n)
+    uk, xk, delta = _kernel_dtype(cfg, u, x_dbl, delta)
+    u4, dl4, b4, c4 = _ss2d_views(uk, xk, delta, r, n)
     dy = dy.contiguous()
     dy4 = dy.unsqueeze(1).expand(bsz, k, length, dm)
-    du_parts = torch.empty((k, bsz, length, dm), device=u.device, dtype=_partial_dtype(u.dtype))
+    du_parts = torch.empty((k, bsz, length, dm), device=u.device, dtype=_partial_dtype(uk.dtype))
     du4 = du_parts.permute(1, 0, 2, 3)
     ddelta, db, dc, dA, dD = _scan_backward(
         u4, dl4, b4, c4, A, Ds, delta_bias, dy4, states, du4, H, W, True, True, cfg, fwd_cfg)
-    del delta
+    del delta, uk, xk
     du = du_parts.sum(0, dtype=torch.float32).to(u.dtype)
     d_bias = ddelta.sum((1, 2), dtype=torch.float32).reshape(-1)
+    ddelta = ddelta.to(x_dbl.dtype)  # the dt projection's GEMMs below run in the activations' dtype
     # dt projection backward (the GEMMs autograd would have run), in the activations' dtype
     ddelta_k = ddelta.view(k, bsz * length, dm)
     ddts = torch.bmm(ddelta_k, dt_w.to(ddelta_k.dtype))  # (K, B*L, R)

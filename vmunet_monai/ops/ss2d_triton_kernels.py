@@ -322,13 +322,15 @@ def bwd_adjoint_kernel(
     CROSS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
     REV_FLIP: tl.constexpr = False,
 ):
-    """Backward with one tile load, one exp per state element and two scans per tile.
+    """Backward whose reverse scan is the adjoint g_t = dLoss/dh_t itself (``_combine_adjoint``).
 
-    Per tile: the forward scan gives h_t (inclusive), the adjoint scan (``_combine_adjoint``) gives
-    g_t = dLoss/dh_t directly, and every gradient is written with h_t and g_t at the same row: the
-    term exp(delta_t A) h_{t-1} that dA and ddelta need is h_t - delta_t B_t u_t (exact algebra), so
-    neither h_{t-1} nor exp(delta_{t+1} A) (the shifted rows) is ever formed. Between tiles the carry
-    is w = exp(delta_T A) g_T of the tile's first row T, which closes the next (earlier) tile's last row.
+    Per tile: h_{t-1} from a scan of the previous rows (as in ``bwd_kernel``), h_t = exp(delta_t A) h_{t-1}
+    + delta_t B_t u_t, and g_t from the three-component adjoint scan over this tile's own rows, so the
+    next rows' delta is never loaded and exp(delta A) is evaluated twice per state element instead of
+    three times. (Forming exp(delta_t A) h_{t-1} as h_t - delta_t B_t u_t would save the first scan but
+    cancels catastrophically when exp(delta_t A) is tiny; shifting h_t by a gather spills on the H200.)
+    Between tiles the carry is w = exp(delta_T A) g_T of the tile's first row T, which closes the next
+    (earlier) tile's last row.
     """
     pid_bk = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -408,12 +410,18 @@ def bwd_adjoint_kernel(
             m_tn = mask_t[:, None] & mask_n[None, :]
             cm = tl.load(c_base + p[:, None] * sc_l + offs_n[None, :] * sc_n, mask=m_tn, other=0.0).to(tl.float32)
             dy = tl.load(dy_base + p[:, None] * sdy_l + offs_d[None, :] * sdy_d, mask=m2, other=0.0).to(tl.float32)
-            # rows past L have delta = 0 (decay 1, no input) and dy = 0: they change neither scan
+            # h_{t-1}: scan of the previous rows' steps from h0 (row 0 keeps h0); rows past L have delta = 0
+            # (decay 1, no input) and dy = 0, so they change neither scan
+            _pp, _mp, _rp, dlt_p, u_p, bm_p = _load_tile(
+                u_base, dl_base, b_base, t - 1, k, L, H, W, offs_d, mask_d, offs_n, mask_n, bias,
+                su_l, su_d, sdl_l, sdl_d, sb_l, sb_n, CROSS, SOFTPLUS)
+            da_p = tl.where(first, 1.0, tl.exp2(dlt_p[:, :, None] * a2[None, :, :]))
+            dbu_p = tl.where(first, 0.0, (dlt_p * u_p)[:, :, None] * bm_p[:, None, :])
+            acc_a, acc_b = tl.associative_scan((da_p, dbu_p), 0, _combine)
+            h_prev = acc_a * h0[None, :, :] + acc_b
             da = tl.exp2(dlt[:, :, None] * a2[None, :, :])
             dlt_u = dlt * u
-            dbu = dlt_u[:, :, None] * bm[:, None, :]
-            acc_a, acc_b = tl.associative_scan((da, dbu), 0, _combine)
-            h_cur = acc_a * h0[None, :, :] + acc_b
+            h_cur = da * h_prev + dlt_u[:, :, None] * bm[:, None, :]
             cdy = dy[:, :, None] * cm[:, None, :]
             if REV_FLIP:
                 # fallback for Triton builds whose reverse scan misorders a non-commutative combine
@@ -426,7 +434,7 @@ def bwd_adjoint_kernel(
             gs = sv + sp * w[None, :, :]
             w = tl.sum(tl.where(first, gs * da, 0.0), axis=0)
 
-            x = gs * (h_cur - dbu)  # g_t exp(delta_t A) h_{t-1}
+            x = gs * da * h_prev  # g_t exp(delta_t A) h_{t-1}
             da_acc += tl.sum(x * dlt[:, :, None], axis=0)
             gb = tl.sum(gs * bm[:, None, :], axis=2)
             d_dlt = tl.sum(x * a_mat[None, :, :], axis=2) + gb * u
