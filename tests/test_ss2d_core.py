@@ -1,11 +1,11 @@
-"""The SS2D core: cross-scan order, cross-merge inverse, and the ``auto`` choice while training."""
+"""The SS2D core: cross-scan order, cross-merge inverse, and the ``auto`` choice."""
 
 from __future__ import annotations
 
 import torch
 
 from vmunet_monai.ops import backends
-from vmunet_monai.ops.ss2d import _prefer_for_training, cross_merge, cross_scan
+from vmunet_monai.ops.ss2d import cross_merge, cross_scan
 
 
 def test_cross_scan_orders_are_the_published_ones():
@@ -23,13 +23,20 @@ def test_cross_merge_maps_every_direction_back():
     torch.testing.assert_close(merged, 4 * x.permute(0, 2, 3, 1))
 
 
-def test_auto_prefers_mamba_ssm_for_training_when_both_exist(monkeypatch):
-    mamba = backends.get_backend("mamba_ssm")
-    monkeypatch.setattr(mamba, "is_available", lambda x: True)
-    x = torch.zeros(1, requires_grad=True)
-    assert _prefer_for_training("triton", x) == "mamba_ssm"
+def test_auto_sends_training_and_inference_to_the_top_ranked_fused_core(monkeypatch):
+    """``auto`` has no training special case: the top-ranked backend (triton on CUDA) runs both."""
+    from vmunet_monai.ops import ss2d as ss2d_ops
+
+    calls = []
+    monkeypatch.setattr(backends, "resolve_backend_name", lambda backend, x: "triton")
+    triton_backend = backends.get_backend("triton")
+    monkeypatch.setattr(triton_backend, "fused_core", lambda x, *params: calls.append(x.requires_grad) or x)
+    d, n, r = 4, 2, 1
+    params = (torch.zeros(4, r + 2 * n, d), torch.zeros(4, d, r), torch.zeros(4, d), torch.zeros(4 * d, n),
+              torch.zeros(4 * d))
+    x = torch.zeros(1, d, 2, 3, requires_grad=True)
+    ss2d_ops.ss2d_core(x, *params, backend="auto")
     with torch.no_grad():
-        assert _prefer_for_training("triton", x) == "triton"
-    assert _prefer_for_training("triton", torch.zeros(1)) == "triton"  # inference input
-    monkeypatch.setattr(mamba, "is_available", lambda x: False)
-    assert _prefer_for_training("triton", x) == "triton"
+        ss2d_ops.ss2d_core(x, *params, backend="auto")
+    assert calls == [True, False]
+    assert backends.get_backend("triton").priority["cuda"] > backends.get_backend("mamba_ssm").priority["cuda"]

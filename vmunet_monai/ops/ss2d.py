@@ -104,9 +104,10 @@ def ss2d_core(
     from vmunet_monai.ops.backends import get_backend, resolve_backend_name
 
     params = (x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
-    name = resolve_backend_name(backend, x)  # "auto" -> the fastest available here (logged once)
-    if backend == "auto":
-        name = _prefer_for_training(name, x)
+    # "auto" -> the fastest available here (logged once). On CUDA that is the fused triton core for training
+    # and inference alike: measured on an H200 (docs/benchmarks.md) it trains at 143 img/s fp32 / 186 bf16
+    # against mamba_ssm's 143 / 178 and infers at 944-1102 against 512-557, with a deterministic backward.
+    name = resolve_backend_name(backend, x)
     fused = get_backend(name).fused_core
     if fused is not None:
         if isinstance(fused, str):
@@ -114,33 +115,6 @@ def ss2d_core(
             fused = getattr(importlib.import_module(module_name), func_name)
         return fused(x.permute(0, 2, 3, 1).contiguous(), *params)
     return ss2d_core_generic(x, *params, backend=name)
-
-
-_logged_training_choice = False
-
-
-def _prefer_for_training(name: str, x: torch.Tensor) -> str:
-    """``auto`` while training: mamba_ssm instead of the fused triton core when both are available.
-
-    Measured on an H200 (docs/benchmarks.md): the fused core is faster for inference (877 vs 511 img/s, fp32,
-    batch 32) but its backward is slower (training 126 vs 143 img/s fp32, 101 vs 177 bf16).
-    """
-    global _logged_training_choice
-    if name != "triton" or not (torch.is_grad_enabled() and x.requires_grad):
-        return name
-    from vmunet_monai.ops.backends import get_backend
-
-    if not get_backend("mamba_ssm").available(x):
-        return name
-    if not _logged_training_choice:
-        _logged_training_choice = True
-        import logging
-
-        logging.getLogger("vmunet_monai").info(
-            "selective scan: backend 'auto' uses 'mamba_ssm' while training (its backward is faster than the "
-            "fused triton core's) and 'triton' for inference"
-        )
-    return "mamba_ssm"
 
 
 def softplus_inverse(x: torch.Tensor) -> torch.Tensor:

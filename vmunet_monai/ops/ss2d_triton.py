@@ -99,9 +99,10 @@ class ScanConfig:
             in fp32 either way, so results are identical; 0 = let the kernels load 16-bit values themselves.
     """
 
-    # Defaults: the best forward and forward+backward tiles of the H200 sweep (scripts/gpu_triton_check.py,
-    # 2026-11-29, bf16, 256x256 stage shapes, batch 32): forward (16, 16, 4 warps); backward (8, 32, 4 warps)
-    # with 64-step segments was 254 ms per training step of the 15 SS2D cores against 284 ms for (16, 16, 8).
+    # Defaults: the best forward and forward+backward tiles of the H200 sweeps (scripts/gpu_triton_check.py,
+    # 2026-11-29, bf16, 256x256 stage shapes, batch 32; docs/results/h200_2026-11-29c): forward (16, 16, 4 warps);
+    # backward (8, 32, 4 warps): 167 ms (bf16) per training step of the 15 SS2D cores; in the sweep every
+    # other backward tile (8x64, 4x64, 8x16, 16x32, 16x16, ...) was 10-40% slower (more register spills).
     fwd_block_l: int = 16
     fwd_block_d: int = 16
     fwd_warps: int = 4
@@ -109,8 +110,10 @@ class ScanConfig:
     bwd_block_d: int = 32
     bwd_warps: int = 4
     # any seg_len > bwd_block_l costs the same single recomputation pass in the backward; longer segments
-    # only trade saved-state memory (1 / seg_len) for a larger per-program scratch (seg_len / bwd_block_l)
-    seg_len: int = 64
+    # only trade saved-state memory (1 / seg_len) for a larger per-program scratch (seg_len / bwd_block_l).
+    # Stage 1 at batch 32 (sweep): 26.48 ms / 2259 MiB at 64, 26.61 ms / 2176 MiB at 128, 26.82 ms / 2151 MiB
+    # at 256; 128 saves about 300 MiB of states over the whole network for a time change within noise
+    seg_len: int = 128
     bwd_rev_flip: int = 0
     fwd_seq: int = 0
     bwd_adjoint: int = 1
@@ -305,8 +308,13 @@ def _scan_forward(u4, dl4, b4, c4, A, Dskip, bias, H, W, cross, softplus, save_s
     return y4_store, states
 
 
-def _scan_backward(u4, dl4, b4, c4, A, Dskip, bias, dy4, states, du4, H, W, cross, softplus, cfg, fwd_cfg):
-    """Run the backward kernel; returns (ddelta_raw, dB, dC, dA, dD) with dB/dC/dA/dD reduced."""
+def _scan_backward(u4, dl4, b4, c4, A, Dskip, bias, dy4, states, du4, H, W, cross, softplus, cfg, fwd_cfg,
+                   grad_dtype=None):
+    """Run the backward kernel; returns (ddelta_raw, dB, dC, dA, dD) with dB/dC/dA/dD reduced.
+
+    ``grad_dtype`` (default: the inputs' dtype) is the dtype of ddelta and of the dB/dC partials: the 16-bit
+    activation dtype when the kernels read fp32 copies of 16-bit activations (``upcast_16bit``).
+    """
     _, bwd_shift_kernel, bwd_adjoint_kernel = _kernels()
     bwd_kernel = bwd_adjoint_kernel if cfg.bwd_adjoint else bwd_shift_kernel
     Bsz, K, L, DM = dl4.shape
@@ -318,9 +326,10 @@ def _scan_backward(u4, dl4, b4, c4, A, Dskip, bias, dy4, states, du4, H, W, cros
     nslot = states.shape[1]
     n_dblk = triton_cdiv(DM, cfg.bwd_block_d)
     dev = dl4.device
-    ddl_store = torch.empty((K, Bsz, L, DM), device=dev, dtype=dl4.dtype)
+    grad_dtype = grad_dtype or dl4.dtype
+    ddl_store = torch.empty((K, Bsz, L, DM), device=dev, dtype=grad_dtype)
     ddl4 = ddl_store.permute(1, 0, 2, 3)
-    part_dtype = _partial_dtype(b4.dtype)
+    part_dtype = _partial_dtype(grad_dtype)
     db_part = torch.empty((n_dblk, Bsz, K, L, N), device=dev, dtype=part_dtype)
     dc_part = torch.empty((n_dblk, Bsz, K, L, N), device=dev, dtype=part_dtype)
     da_part = torch.empty((Bsz, K * DM, N), device=dev, dtype=torch.float32)
@@ -434,14 +443,16 @@ def _ss2d_bwd_impl(dy, u, x_dbl, dt_w, A, Ds, delta_bias, states, H, W, cfg_list
     u4, dl4, b4, c4 = _ss2d_views(uk, xk, delta, r, n)
     dy = dy.contiguous()
     dy4 = dy.unsqueeze(1).expand(bsz, k, length, dm)
-    du_parts = torch.empty((k, bsz, length, dm), device=u.device, dtype=_partial_dtype(uk.dtype))
+    # gradients leave the kernel in the activations' dtype even when it read fp32 copies: 16-bit partials
+    # and ddelta halve the backward's transient memory (they are summed in fp32)
+    du_parts = torch.empty((k, bsz, length, dm), device=u.device, dtype=_partial_dtype(u.dtype))
     du4 = du_parts.permute(1, 0, 2, 3)
     ddelta, db, dc, dA, dD = _scan_backward(
-        u4, dl4, b4, c4, A, Ds, delta_bias, dy4, states, du4, H, W, True, True, cfg, fwd_cfg)
+        u4, dl4, b4, c4, A, Ds, delta_bias, dy4, states, du4, H, W, True, True, cfg, fwd_cfg,
+        grad_dtype=x_dbl.dtype)
     del delta, uk, xk
     du = du_parts.sum(0, dtype=torch.float32).to(u.dtype)
     d_bias = ddelta.sum((1, 2), dtype=torch.float32).reshape(-1)
-    ddelta = ddelta.to(x_dbl.dtype)  # the dt projection's GEMMs below run in the activations' dtype
     # dt projection backward (the GEMMs autograd would have run), in the activations' dtype
     ddelta_k = ddelta.view(k, bsz * length, dm)
     ddts = torch.bmm(ddelta_k, dt_w.to(ddelta_k.dtype))  # (K, B*L, R)
