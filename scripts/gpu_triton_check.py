@@ -18,7 +18,8 @@ Sections (each case catches and prints its own exception, so one failure does no
 3. Whole-network parity: VMUNet logits and input gradient with scan_backend triton vs torch (vs mamba_ssm).
 4. Timings at the VM-UNet 256x256 stage shapes (B=32): triton vs the published path (cross-scan copies,
    einsums, fp32 cast, mamba_ssm or torch scan, cross-merge), forward (inference) and forward+backward,
-   fp32 and bf16 autocast, with peak memory; the previous backward kernel (``bwd_adjoint=0``) in a column of its own.
+   fp32 and bf16 autocast, with peak memory; the kernels reading 16-bit activations directly (``upcast_16bit=0``)
+   in a column of their own.
 5. Tile-size sweep (bf16, forward and backward separately), with registers/spills of each compiled kernel,
    and the recommended ``VMUNET_TRITON_SCAN`` setting.
 """
@@ -371,9 +372,7 @@ WITH_TORCH_PATH = True  # --no-torch-path drops the (slow) published path on the
 
 
 def timed_paths():
-    # the previous backward kernel (bwd_adjoint=0) as its own column: the same run compares the two
-    paths = {"triton": lambda x, p: st.ss2d_scan_triton(x, *p), "triton bwd_adjoint=0": _triton_with(bwd_adjoint=0),
-             "triton upcast_16bit=0": _triton_with(upcast_16bit=0)}
+    paths = {"triton": lambda x, p: st.ss2d_scan_triton(x, *p), "triton upcast_16bit=0": _triton_with(upcast_16bit=0)}
     m = mamba_scan_fn()
     if m is not None:
         paths["published+mamba_ssm"] = lambda x, p: ss2d_published(x, *p, scan=m)
@@ -459,9 +458,7 @@ def timings(batch):
 # (BLOCK_L, BLOCK_D, warps, sequential): sequential=1 is the one-step-per-iteration forward (fwd_seq=1)
 FWD_CANDIDATES = [(16, 16, 4, 0), (32, 16, 4, 0), (32, 16, 8, 0), (64, 16, 8, 0), (16, 32, 4, 0), (32, 32, 8, 0),
                   (64, 8, 4, 0), (16, 8, 2, 0), (16, 16, 1, 1), (16, 32, 2, 1), (16, 8, 1, 1), (16, 64, 4, 1)]
-# (BLOCK_L, BLOCK_D, warps, adjoint): adjoint=1 is the adjoint-scan backward (default), 0 the shifted-rows one
-BWD_CANDIDATES = [(8, 32, 4, 1), (8, 32, 4, 0), (4, 64, 4, 1), (8, 64, 8, 1), (8, 16, 2, 1), (16, 32, 8, 1),
-                  (4, 32, 2, 1), (4, 128, 8, 1), (16, 16, 4, 1)]
+BWD_CANDIDATES = [(8, 32, 4), (4, 64, 4), (8, 64, 8), (8, 16, 2), (16, 32, 8), (4, 32, 2), (4, 128, 8), (16, 16, 4)]
 
 
 def sweep(batch, budget_s, bwd_only=False):
@@ -500,16 +497,16 @@ def sweep(batch, budget_s, bwd_only=False):
 
     log("  forward+backward (bf16 training) ms per stage with the best forward; regs/spills of the backward kernel")
     bwd_scores = {}
-    for bl, bd, nw, adj in BWD_CANDIDATES:
+    for bl, bd, nw in BWD_CANDIDATES:
         if time.time() - T0 > budget_s:
             log("  (budget reached, sweep stopped)")
             break
         seg = max(default.seg_len, bl, fbest[0])
         st.set_config(default, fwd_block_l=fbest[0], fwd_block_d=fbest[1], fwd_warps=fbest[2], fwd_seq=fbest[3],
-                      bwd_block_l=bl, bwd_block_d=bd, bwd_warps=nw, seg_len=seg, bwd_adjoint=adj)
+                      bwd_block_l=bl, bwd_block_d=bd, bwd_warps=nw, seg_len=seg)
         cells, total = [], 0.0
         for h, w, d, r, nblk in STAGES:
-            res = guarded(f"sweep bwd {bl},{bd},{nw},{adj} {h}x{w}")(
+            res = guarded(f"sweep bwd {bl},{bd},{nw} {h}x{w}")(
                 time_stage, "triton", lambda x, p: st.ss2d_scan_triton(x, *p), batch, h, w, d, r, True, True)
             if res is None:
                 cells.append(f"{'error':>16}")
@@ -518,20 +515,19 @@ def sweep(batch, budget_s, bwd_only=False):
                 cells.append(f"{res[0]:>9.3f}ms/{res[1]:>4.0f}M")
                 total += res[0] * nblk
                 if res[0] < best_bwd.get((h, d), (float("inf"),))[0]:
-                    best_bwd[(h, d)] = (res[0], (bl, bd, nw, adj))
+                    best_bwd[(h, d)] = (res[0], (bl, bd, nw))
         info = st.kernel_info().get("bwd", {})
-        bwd_scores[(bl, bd, nw, adj)] = total
-        log(f"  {f'{bl},{bd},{nw},{adj}':>14} " + " ".join(cells) + f" {total:>10.2f}  {info.get('n_regs')}/{info.get('n_spills')}")
+        bwd_scores[(bl, bd, nw)] = total
+        log(f"  {f'{bl},{bd},{nw}':>14} " + " ".join(cells) + f" {total:>10.2f}  {info.get('n_regs')}/{info.get('n_spills')}")
     bbest = min(bwd_scores, key=bwd_scores.get) if bwd_scores else (default.bwd_block_l, default.bwd_block_d,
-                                                                      default.bwd_warps, default.bwd_adjoint)
+                                                                      default.bwd_warps)
     # seg_len: memory vs recomputation
     seg_res = []
     for seg in sorted({max(v, fbest[0], bbest[0]) for v in (bbest[0], 64, 128, 256)}):
         if time.time() - T0 > budget_s:
             break
         st.set_config(default, fwd_block_l=fbest[0], fwd_block_d=fbest[1], fwd_warps=fbest[2], fwd_seq=fbest[3],
-                      bwd_block_l=bbest[0], bwd_block_d=bbest[1], bwd_warps=bbest[2], bwd_adjoint=bbest[3],
-                      seg_len=seg)
+                      bwd_block_l=bbest[0], bwd_block_d=bbest[1], bwd_warps=bbest[2], seg_len=seg)
         h, w, d, r, _ = STAGES[0]
         res = guarded(f"seg {seg}")(time_stage, "triton", lambda x, p: st.ss2d_scan_triton(x, *p), batch, h, w, d, r,
                                     True, True)
@@ -541,8 +537,7 @@ def sweep(batch, budget_s, bwd_only=False):
     if bbest[0] < fbest[0] and time.time() - T0 < budget_s:
         # a state saved per backward tile (no recomputation pass) needs the forward's tiles that short too
         st.set_config(default, fwd_block_l=bbest[0], fwd_block_d=fbest[1], fwd_warps=fbest[2], fwd_seq=fbest[3],
-                      bwd_block_l=bbest[0], bwd_block_d=bbest[1], bwd_warps=bbest[2], bwd_adjoint=bbest[3],
-                      seg_len=bbest[0])
+                      bwd_block_l=bbest[0], bwd_block_d=bbest[1], bwd_warps=bbest[2], seg_len=bbest[0])
         h, w, d, r, _ = STAGES[0]
         res = guarded("seg per tile")(time_stage, "triton", lambda x, p: st.ss2d_scan_triton(x, *p), batch, h, w, d,
                                       r, True, True)
@@ -554,40 +549,10 @@ def sweep(batch, budget_s, bwd_only=False):
     log("  per-stage best fwd+bwd: " + ", ".join(f"{h}/{d}: {v[1]} {v[0]:.3f}ms" for (h, d), v in best_bwd.items()))
     rec = (f"fwd_block_l={fbest[0]},fwd_block_d={fbest[1]},fwd_warps={fbest[2]},fwd_seq={fbest[3]},"
            f"bwd_block_l={bbest[0]},"
-           f"bwd_block_d={bbest[1]},bwd_warps={bbest[2]},bwd_adjoint={bbest[3]},seg_len={seg_best}"
+           f"bwd_block_d={bbest[1]},bwd_warps={bbest[2]},seg_len={seg_best}"
            + (",bwd_rev_flip=1" if default.bwd_rev_flip else ""))
     log(f"  RECOMMENDED: VMUNET_TRITON_SCAN={rec}")
     st.set_config(default)
-
-
-def compare_backward_kernels(batch, parity_cases):
-    """Parity of both backward kernels, then their training-step time at the stage shapes (fp32 and bf16)."""
-    ok = {}
-    for adj in (0, 1):
-        before = st.get_config()
-        st.set_config(before, bwd_adjoint=adj)
-        n_bad = len(RESULTS["failures"])
-        log(f"  bwd_adjoint={adj}:")
-        for case in parity_cases:
-            guarded(f"parity adjoint={adj} {case}")(parity_case, *case)
-        ok[adj] = len(RESULTS["failures"]) == n_bad
-        st.set_config(before)
-    totals = {}
-    log("  ms per training step of the 15 SS2D cores (forward + backward), B=" + str(batch))
-    for adj in (0, 1):
-        fn = _triton_with(bwd_adjoint=adj)
-        for bf16 in (False, True):
-            total = 0.0
-            for h, w, d, r, nblk in STAGES:
-                res = guarded(f"compare adjoint={adj}")(time_stage, "triton", fn, batch, h, w, d, r, bf16, True)
-                total += (res[0] if res else float("inf")) * nblk
-            totals[(adj, bf16)] = total
-            info = st.kernel_info().get("bwd", {})
-            log(f"    bwd_adjoint={adj} {'bf16' if bf16 else 'fp32'}: {total:8.2f} ms  "
-                f"(backward regs/spills {info.get('n_regs')}/{info.get('n_spills')}; parity {'ok' if ok[adj] else 'FAILED'})")
-    good = [a for a in (0, 1) if ok[a]]
-    best = min(good, key=lambda a: totals[(a, True)] + totals[(a, False)]) if good else 0
-    log(f"  BEST_BWD_ADJOINT={best}")
 
 
 def main() -> None:
@@ -597,8 +562,6 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=420.0, help="seconds after which the sweep stops")
     parser.add_argument("--no-torch-path", action="store_true",
                         help="leave the published path on the pure-PyTorch scan out of the timings (slow)")
-    parser.add_argument("--compare-bwd", action="store_true",
-                        help="only: parity of both backward kernels and their training-step times")
     parser.add_argument("--bwd-only", action="store_true", help="sweep only the backward tiles (default forward)")
     parser.add_argument("--cpu-smoke", action="store_true",
                         help="run this script's logic on CPU through the Triton interpreter with tiny shapes")
@@ -636,14 +599,6 @@ def main() -> None:
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
 
-    if args.compare_bwd:
-        log("\n[backward kernels] fp32 parity vs float64 reference, then timings")
-        compare_backward_kernels(args.batch, parity_cases)
-        log(f"\ndone in {time.time() - T0:.0f} s; failures: {len(RESULTS['failures'])}")
-        for f in RESULTS["failures"]:
-            log(f"  - {f}")
-        return
-
     log("\n[1] fp32 parity vs float64 reference (max|err| / max|ref|, tolerance 1e-4)")
     for case in parity_cases:
         guarded(f"parity {case}")(parity_case, *case)
@@ -658,7 +613,7 @@ def main() -> None:
         log("  !! default parity failed but the flip fallback passes: using bwd_rev_flip=1 for the rest of this run "
             "(set VMUNET_TRITON_SCAN=...,bwd_rev_flip=1)")
     for cfg in (dict(fwd_block_l=16, bwd_block_l=16, seg_len=16), dict(fwd_block_l=64, bwd_block_l=8, seg_len=256),
-                dict(bwd_adjoint=0), dict(bwd_adjoint=0, bwd_rev_flip=1)):
+                dict(upcast_16bit=0)):
         before = st.get_config()
         st.set_config(**cfg)
         log(f"  config {cfg}:")

@@ -90,10 +90,6 @@ class ScanConfig:
             ``tl.associative_scan``; which is faster depends on the GPU (see scripts/gpu_triton_check.py).
         bwd_rev_flip: 1 = compute the backward's reverse-time scan as flip / forward scan / flip instead
             of ``tl.associative_scan(reverse=True)`` (a fallback for Triton builds with a faulty reverse scan).
-        bwd_adjoint: 1 = backward kernel whose reverse scan is the adjoint g_t = dLoss/dh_t itself (a
-            three-component scan over the tile's own rows: two tile loads and two exps per state element);
-            0 = the earlier kernel that also loads the next rows to form exp(delta_{t+1} A) (three tile loads,
-            three exps). Both give the same gradients; which is faster depends on the GPU and Triton version.
         upcast_16bit: 1 = under autocast, hand the kernels fp32 copies of the 16-bit activations (u, delta,
             B, C) and take fp32 gradients back (cast to the 16-bit dtypes afterwards). The kernels compute
             in fp32 either way, so results are identical; 0 = let the kernels load 16-bit values themselves.
@@ -116,7 +112,6 @@ class ScanConfig:
     seg_len: int = 128
     bwd_rev_flip: int = 0
     fwd_seq: int = 0
-    bwd_adjoint: int = 1
     upcast_16bit: int = 1
 
     def validate(self) -> "ScanConfig":
@@ -254,7 +249,7 @@ def _kernels():
         _vectorise_interpreter_scan()
     from . import ss2d_triton_kernels as kern
 
-    return kern.fwd_kernel, kern.bwd_kernel, kern.bwd_adjoint_kernel
+    return kern.fwd_kernel, kern.bwd_kernel
 
 
 # --------------------------------------------------------------------------------------------------
@@ -315,8 +310,7 @@ def _scan_backward(u4, dl4, b4, c4, A, Dskip, bias, dy4, states, du4, H, W, cros
     ``grad_dtype`` (default: the inputs' dtype) is the dtype of ddelta and of the dB/dC partials: the 16-bit
     activation dtype when the kernels read fp32 copies of 16-bit activations (``upcast_16bit``).
     """
-    _, bwd_shift_kernel, bwd_adjoint_kernel = _kernels()
-    bwd_kernel = bwd_adjoint_kernel if cfg.bwd_adjoint else bwd_shift_kernel
+    bwd_kernel = _kernels()[1]
     Bsz, K, L, DM = dl4.shape
     N = A.shape[1]
     NP = _next_pow2(N)

@@ -177,160 +177,16 @@ def bwd_kernel(
     CROSS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
     REV_FLIP: tl.constexpr = False,
 ):
-    pid_bk = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    b = (pid_bk // K).to(tl.int64)
-    k = pid_bk % K
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < DM
-    offs_n = tl.arange(0, NP)
-    mask_n = offs_n < N
-    mask_dn = mask_d[:, None] & mask_n[None, :]
-    ch = k * DM + offs_d
-    a_mat = tl.load(a_ptr + ch[:, None] * N + offs_n[None, :], mask=mask_dn, other=0.0).to(tl.float32)
-    a2 = a_mat * 1.4426950408889634  # exp(x A) = exp2(x A log2 e): saves a multiply per element
-    if HAS_D:
-        dskip = tl.load(dskip_ptr + ch, mask=mask_d, other=0.0).to(tl.float32)
-    else:
-        dskip = tl.zeros([BLOCK_D], dtype=tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0).to(tl.float32)
-    else:
-        bias = tl.zeros([BLOCK_D], dtype=tl.float32)
+    """Backward: walks the segments (saved forward states) and their tiles from the end of time.
 
-    kk = k.to(tl.int64)
-    u_base = u_ptr + b * su_b + kk * su_k
-    dl_base = dl_ptr + b * sdl_b + kk * sdl_k
-    b_base = b_ptr + b * sb_b + kk * sb_k
-    c_base = c_ptr + b * sc_b + kk * sc_k
-    dy_base = dy_ptr + b * sdy_b + kk * sdy_k
-    du_base = du_ptr + b * sdu_b + kk * sdu_k
-    ddl_base = ddl_ptr + b * sddl_b + kk * sddl_k
-    db_base = db_ptr + pid_d.to(tl.int64) * sdb_p + b * sdb_b + kk * sdb_k
-    dc_base = dc_ptr + pid_d.to(tl.int64) * sdc_p + b * sdc_b + kk * sdc_k
-    st_base = st_ptr + pid_bk.to(tl.int64) * NSLOT * DM * N
-    st_offs = offs_d[:, None] * N + offs_n[None, :]
-    # program-private scratch for the states at the start of each chunk of one segment
-    pid_lin = pid_bk.to(tl.int64) * tl.num_programs(1) + pid_d
-    scr_base = scr_ptr + pid_lin * CPS * BLOCK_D * NP
-    scr_offs = tl.arange(0, BLOCK_D)[:, None] * NP + offs_n[None, :]
-    rows = tl.arange(0, BLOCK_L)
-
-    g = tl.zeros([BLOCK_D, NP], dtype=tl.float32)  # dLoss/dh at the first step after the chunk
-    da_acc = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
-    dd_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
-    n_chunks = tl.cdiv(L, BLOCK_L)
-    n_seg = tl.cdiv(n_chunks, CPS)
-    for si in range(0, n_seg):
-        s = n_seg - 1 - si
-        c_lo = s * CPS
-        c_hi = tl.minimum(c_lo + CPS, n_chunks)
-        h = tl.load(st_base + s * DM * N + st_offs, mask=mask_dn, other=0.0)
-        if CPS > 1:
-            # recompute the states at the chunk starts of this segment
-            for c in range(c_lo, c_hi):
-                tl.store(scr_base + (c - c_lo) * BLOCK_D * NP + scr_offs, h)
-                t = c * BLOCK_L + rows
-                p, mask_t, raw, dlt, u, bm = _load_tile(
-                    u_base, dl_base, b_base, t, k, L, H, W, offs_d, mask_d, offs_n, mask_n, bias,
-                    su_l, su_d, sdl_l, sdl_d, sb_l, sb_n, CROSS, SOFTPLUS)
-                da = tl.exp2(dlt[:, :, None] * a2[None, :, :])
-                dbu = (dlt * u)[:, :, None] * bm[:, None, :]
-                acc_a, acc_b = tl.associative_scan((da, dbu), 0, _combine)
-                hs = acc_a * h[None, :, :] + acc_b
-                h = tl.sum(tl.where((rows == BLOCK_L - 1)[:, None, None], hs, 0.0), axis=0)
-            tl.debug_barrier()
-        for ci in range(0, c_hi - c_lo):
-            c = c_hi - 1 - ci
-            if CPS > 1:
-                h0 = tl.load(scr_base + (c - c_lo) * BLOCK_D * NP + scr_offs)
-            else:
-                h0 = h
-            t = c * BLOCK_L + rows
-            p, mask_t, raw, dlt, u, bm = _load_tile(
-                u_base, dl_base, b_base, t, k, L, H, W, offs_d, mask_d, offs_n, mask_n, bias,
-                su_l, su_d, sdl_l, sdl_d, sb_l, sb_n, CROSS, SOFTPLUS)
-            m2 = mask_t[:, None] & mask_d[None, :]
-            m_tn = mask_t[:, None] & mask_n[None, :]
-            cm = tl.load(c_base + p[:, None] * sc_l + offs_n[None, :] * sc_n, mask=m_tn, other=0.0).to(tl.float32)
-            dy = tl.load(dy_base + p[:, None] * sdy_l + offs_d[None, :] * sdy_d, mask=m2, other=0.0).to(tl.float32)
-            # h_{t-1}: scan of the previous time steps, identity on row 0 (its state is h0)
-            _pp, _mp, _rp, dlt_p, u_p, bm_p = _load_tile(
-                u_base, dl_base, b_base, t - 1, k, L, H, W, offs_d, mask_d, offs_n, mask_n, bias,
-                su_l, su_d, sdl_l, sdl_d, sb_l, sb_n, CROSS, SOFTPLUS)
-            first = (rows == 0)[:, None, None]
-            da_p = tl.where(first, 1.0, tl.exp2(dlt_p[:, :, None] * a2[None, :, :]))
-            dbu_p = tl.where(first, 0.0, (dlt_p * u_p)[:, :, None] * bm_p[:, None, :])
-            acc_a, acc_b = tl.associative_scan((da_p, dbu_p), 0, _combine)
-            h_prev = acc_a * h0[None, :, :] + acc_b
-            da = tl.exp2(dlt[:, :, None] * a2[None, :, :])
-            h_cur = da * h_prev + (dlt * u)[:, :, None] * bm[:, None, :]
-            # g_t = exp(delta_{t+1} A) g_{t+1} + C_t dy_t, a reverse scan; the step after the chunk
-            # enters through the carried g
-            _pn, _mn, _rn, dlt_n, _un, _bn = _load_tile(
-                u_base, dl_base, b_base, t + 1, k, L, H, W, offs_d, mask_d, offs_n, mask_n, bias,
-                su_l, su_d, sdl_l, sdl_d, sb_l, sb_n, CROSS, SOFTPLUS)
-            da_n = tl.exp2(dlt_n[:, :, None] * a2[None, :, :])
-            cdy = dy[:, :, None] * cm[:, None, :]
-            if REV_FLIP:
-                # fallback for Triton builds whose reverse scan misorders a non-commutative combine
-                fa, fb = tl.associative_scan((tl.flip(da_n, 0), tl.flip(cdy, 0)), 0, _combine)
-                rev_a = tl.flip(fa, 0)
-                rev_b = tl.flip(fb, 0)
-            else:
-                rev_a, rev_b = tl.associative_scan((da_n, cdy), 0, _combine, reverse=True)
-            gs = rev_b + rev_a * g[None, :, :]
-            g = tl.sum(tl.where(first, gs, 0.0), axis=0)
-
-            gda = gs * da
-            da_acc += tl.sum(gda * h_prev * dlt[:, :, None], axis=0)
-            gb = tl.sum(gs * bm[:, None, :], axis=2)
-            d_dlt = tl.sum(gda * h_prev * a_mat[None, :, :], axis=2) + gb * u
-            du = gb * dlt + dskip[None, :] * dy
-            d_raw = tl.where(m2, d_dlt * _delta_grad(raw, SOFTPLUS), 0.0)
-            dbm = tl.sum(gs * (dlt * u)[:, :, None], axis=1)
-            dcm = tl.sum(h_cur * dy[:, :, None], axis=1)
-            dd_acc += tl.sum(dy * u, axis=0)
-            tl.store(du_base + p[:, None] * sdu_l + offs_d[None, :] * sdu_d, du, mask=m2)
-            tl.store(ddl_base + p[:, None] * sddl_l + offs_d[None, :] * sddl_d, d_raw, mask=m2)
-            tl.store(db_base + p[:, None] * sdb_l + offs_n[None, :] * sdb_n, dbm, mask=m_tn)
-            tl.store(dc_base + p[:, None] * sdc_l + offs_n[None, :] * sdc_n, dcm, mask=m_tn)
-        if CPS > 1:
-            tl.debug_barrier()
-    # per-batch partials, summed over the batch in torch
-    da_base = da_ptr + b * (K * DM * N)
-    tl.store(da_base + ch[:, None] * N + offs_n[None, :], da_acc, mask=mask_dn)
-    tl.store(dd_ptr + b * (K * DM) + ch, dd_acc, mask=mask_d)
-
-
-@triton.jit
-def bwd_adjoint_kernel(
-    u_ptr, dl_ptr, b_ptr, c_ptr, a_ptr, dskip_ptr, bias_ptr, dy_ptr, st_ptr, scr_ptr,
-    du_ptr, ddl_ptr, db_ptr, dc_ptr, da_ptr, dd_ptr,
-    L, H, W, DM, NSLOT,
-    su_b, su_k, su_l, su_d,
-    sdl_b, sdl_k, sdl_l, sdl_d,
-    sb_b, sb_k, sb_l, sb_n,
-    sc_b, sc_k, sc_l, sc_n,
-    sdy_b, sdy_k, sdy_l, sdy_d,
-    sdu_b, sdu_k, sdu_l, sdu_d,
-    sddl_b, sddl_k, sddl_l, sddl_d,
-    sdb_p, sdb_b, sdb_k, sdb_l, sdb_n,
-    sdc_p, sdc_b, sdc_k, sdc_l, sdc_n,
-    K: tl.constexpr, N: tl.constexpr, NP: tl.constexpr,
-    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, CPS: tl.constexpr,
-    CROSS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
-    REV_FLIP: tl.constexpr = False,
-):
-    """Backward whose reverse scan is the adjoint g_t = dLoss/dh_t itself (``_combine_adjoint``).
-
-    Per tile: h_{t-1} from a scan of the previous rows (as in ``bwd_kernel``), h_t = exp(delta_t A) h_{t-1}
-    + delta_t B_t u_t, and g_t from the three-component adjoint scan over this tile's own rows, so the
-    next rows' delta is never loaded and exp(delta A) is evaluated twice per state element instead of
-    three times. (Forming exp(delta_t A) h_{t-1} as h_t - delta_t B_t u_t would save the first scan but
-    cancels catastrophically when exp(delta_t A) is tiny; shifting h_t by a gather spills on the H200.)
-    Between tiles the carry is w = exp(delta_T A) g_T of the tile's first row T, which closes the next
-    (earlier) tile's last row.
+    Per tile: h_{t-1} from a scan of the previous rows' steps started at the tile's state h0, h_t =
+    exp(delta_t A) h_{t-1} + delta_t B_t u_t, and g_t = dLoss/dh_t from the three-component adjoint scan
+    (``_combine_adjoint``) over the tile's own rows, so the next rows are never loaded and exp(delta A) is
+    evaluated twice per state element. Tried and dropped (docs/benchmarks.md, third H200 session): loading
+    the next rows for exp(delta_{t+1} A) and a pair scan (1-2% slower); forming exp(delta_t A) h_{t-1} as
+    h_t - delta_t B_t u_t (cancels catastrophically when exp(delta_t A) is tiny); shifting h_t by a gather
+    (spills, 25% slower). Between tiles the carry is w = exp(delta_T A) g_T of the tile's first row T,
+    which closes the next (earlier) tile's last row.
     """
     pid_bk = tl.program_id(0)
     pid_d = tl.program_id(1)
