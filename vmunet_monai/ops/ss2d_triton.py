@@ -90,9 +90,10 @@ class ScanConfig:
             ``tl.associative_scan``; which is faster depends on the GPU (see scripts/gpu_triton_check.py).
         bwd_rev_flip: 1 = compute the backward's reverse-time scan as flip / forward scan / flip instead
             of ``tl.associative_scan(reverse=True)`` (a fallback for Triton builds with a faulty reverse scan).
-        upcast_16bit: 1 = under autocast, hand the kernels fp32 copies of the 16-bit activations (u, delta,
-            B, C) and take fp32 gradients back (cast to the 16-bit dtypes afterwards). The kernels compute
-            in fp32 either way, so results are identical; 0 = let the kernels load 16-bit values themselves.
+        upcast_16bit: 1 = under autocast, hand the kernels transient fp32 copies of the 16-bit activations
+            (u, delta, B, C); their gradients still leave the kernels in the 16-bit dtype. The kernels compute in
+            fp32 either way, so results are identical; 0 = let the kernels load 16-bit values themselves (1.9x
+            slower on the H200: docs/benchmarks.md).
     """
 
     # Defaults: the best forward and forward+backward tiles of the H200 sweeps (scripts/gpu_triton_check.py,

@@ -221,6 +221,7 @@ def bwd_kernel(
     dc_base = dc_ptr + pid_d.to(tl.int64) * sdc_p + b * sdc_b + kk * sdc_k
     st_base = st_ptr + pid_bk.to(tl.int64) * NSLOT * DM * N
     st_offs = offs_d[:, None] * N + offs_n[None, :]
+    # program-private scratch for the states at the start of each tile of one segment
     pid_lin = pid_bk.to(tl.int64) * tl.num_programs(1) + pid_d
     scr_base = scr_ptr + pid_lin * CPS * BLOCK_D * NP
     scr_offs = tl.arange(0, BLOCK_D)[:, None] * NP + offs_n[None, :]
