@@ -372,7 +372,9 @@ WITH_TORCH_PATH = True  # --no-torch-path drops the (slow) published path on the
 
 
 def timed_paths():
-    paths = {"triton": lambda x, p: st.ss2d_scan_triton(x, *p), "triton upcast_16bit=0": _triton_with(upcast_16bit=0)}
+    paths = {"triton": lambda x, p: st.ss2d_scan_triton(x, *p)}
+    for name, overrides in SEQ_COLUMNS:
+        paths[f"triton {name}"] = _triton_with(**overrides)
     m = mamba_scan_fn()
     if m is not None:
         paths["published+mamba_ssm"] = lambda x, p: ss2d_published(x, *p, scan=m)
@@ -456,9 +458,11 @@ def timings(batch):
 # ---------------------------------------------------------------------------------------------------
 
 # (BLOCK_L, BLOCK_D, warps, sequential): sequential=1 is the one-step-per-iteration forward (fwd_seq=1)
-FWD_CANDIDATES = [(16, 16, 4, 0), (32, 16, 4, 0), (32, 16, 8, 0), (64, 16, 8, 0), (16, 32, 4, 0), (32, 32, 8, 0),
-                  (64, 8, 4, 0), (16, 8, 2, 0), (16, 16, 1, 1), (16, 32, 2, 1), (16, 8, 1, 1), (16, 64, 4, 1)]
-BWD_CANDIDATES = [(8, 32, 4), (4, 64, 4), (8, 64, 8), (8, 16, 2), (16, 32, 8), (4, 32, 2), (4, 128, 8), (16, 16, 4)]
+FWD_CANDIDATES = [(16, 16, 4, 0), (16, 128, 4, 1), (16, 32, 1, 1)]
+# (BLOCK_L, BLOCK_D, warps, sequential): sequential=1 is bwd_seq_kernel, BLOCK_L its sub-segment length
+BWD_CANDIDATES = [(16, 32, 1, 1), (16, 64, 2, 1), (8, 32, 1, 1), (8, 32, 4, 0)]
+# extra columns of the default-config timings (section 4): one program per segment chain, the tile backward
+SEQ_COLUMNS = [("bwd_par=1", dict(bwd_par=1)), ("tile bwd", dict(bwd_seq=0, bwd_block_l=8, bwd_warps=4))]
 
 
 def sweep(batch, budget_s, bwd_only=False):
@@ -497,16 +501,16 @@ def sweep(batch, budget_s, bwd_only=False):
 
     log("  forward+backward (bf16 training) ms per stage with the best forward; regs/spills of the backward kernel")
     bwd_scores = {}
-    for bl, bd, nw in BWD_CANDIDATES:
+    for bl, bd, nw, bseq in BWD_CANDIDATES:
         if time.time() - T0 > budget_s:
             log("  (budget reached, sweep stopped)")
             break
         seg = max(default.seg_len, bl, fbest[0])
         st.set_config(default, fwd_block_l=fbest[0], fwd_block_d=fbest[1], fwd_warps=fbest[2], fwd_seq=fbest[3],
-                      bwd_block_l=bl, bwd_block_d=bd, bwd_warps=nw, seg_len=seg)
+                      bwd_block_l=bl, bwd_block_d=bd, bwd_warps=nw, seg_len=seg, bwd_seq=bseq)
         cells, total = [], 0.0
         for h, w, d, r, nblk in STAGES:
-            res = guarded(f"sweep bwd {bl},{bd},{nw} {h}x{w}")(
+            res = guarded(f"sweep bwd {bl},{bd},{nw},{bseq} {h}x{w}")(
                 time_stage, "triton", lambda x, p: st.ss2d_scan_triton(x, *p), batch, h, w, d, r, True, True)
             if res is None:
                 cells.append(f"{'error':>16}")
@@ -515,19 +519,58 @@ def sweep(batch, budget_s, bwd_only=False):
                 cells.append(f"{res[0]:>9.3f}ms/{res[1]:>4.0f}M")
                 total += res[0] * nblk
                 if res[0] < best_bwd.get((h, d), (float("inf"),))[0]:
-                    best_bwd[(h, d)] = (res[0], (bl, bd, nw))
+                    best_bwd[(h, d)] = (res[0], (bl, bd, nw, bseq))
         info = st.kernel_info().get("bwd", {})
-        bwd_scores[(bl, bd, nw)] = total
-        log(f"  {f'{bl},{bd},{nw}':>14} " + " ".join(cells) + f" {total:>10.2f}  {info.get('n_regs')}/{info.get('n_spills')}")
+        bwd_scores[(bl, bd, nw, bseq)] = total
+        log(f"  {(f'seq{bl},{bd},{nw}' if bseq else f'{bl},{bd},{nw}'):>14} " + " ".join(cells) + f" {total:>10.2f}  {info.get('n_regs')}/{info.get('n_spills')}")
     bbest = min(bwd_scores, key=bwd_scores.get) if bwd_scores else (default.bwd_block_l, default.bwd_block_d,
-                                                                      default.bwd_warps)
+                                                                      default.bwd_warps, default.bwd_seq)
+    # software-pipelining depth of the sequential kernels' time loops
+    stages_best = default.seq_stages
+    if (fbest[3] or bbest[3]) and time.time() - T0 < budget_s:
+        stage_scores = {}
+        for ns in (1, 2, 3, 4, 6):
+            if time.time() - T0 > budget_s:
+                break
+            st.set_config(default, fwd_block_l=fbest[0], fwd_block_d=fbest[1], fwd_warps=fbest[2], fwd_seq=fbest[3],
+                          bwd_block_l=bbest[0], bwd_block_d=bbest[1], bwd_warps=bbest[2], bwd_seq=bbest[3],
+                          seq_stages=ns)
+            cells, total = [], 0.0
+            for h, w, d, r, nblk in STAGES:
+                res = guarded(f"stages {ns} {h}x{w}")(time_stage, "triton", lambda x, p: st.ss2d_scan_triton(x, *p),
+                                                      batch, h, w, d, r, True, True)
+                cells.append(f"{res[0]:>9.3f}ms" if res else "error")
+                total += res[0] * nblk if res else float("inf")
+            stage_scores[ns] = total
+            log(f"  seq_stages={ns}: bf16 train per stage " + " ".join(cells) + f"  weighted {total:.2f}")
+        stages_best = min(stage_scores, key=stage_scores.get) if stage_scores else stages_best
+    # programs sharing one chain of segments in the sequential backward
+    par_best = default.bwd_par
+    if bbest[3] and time.time() - T0 < budget_s:
+        par_scores = {}
+        for par in (1, 2, 4, 8, 16, 32):
+            if time.time() - T0 > budget_s:
+                break
+            st.set_config(default, fwd_block_l=fbest[0], fwd_block_d=fbest[1], fwd_warps=fbest[2], fwd_seq=fbest[3],
+                          bwd_block_l=bbest[0], bwd_block_d=bbest[1], bwd_warps=bbest[2], bwd_seq=bbest[3],
+                          seq_stages=stages_best, bwd_par=par)
+            cells, total = [], 0.0
+            for h, w, d, r, nblk in STAGES:
+                res = guarded(f"par {par} {h}x{w}")(time_stage, "triton", lambda x, p: st.ss2d_scan_triton(x, *p),
+                                                    batch, h, w, d, r, True, True)
+                cells.append(f"{res[0]:>9.3f}ms/{res[1]:>5.0f}M" if res else "error")
+                total += res[0] * nblk if res else float("inf")
+            par_scores[par] = total
+            log(f"  bwd_par={par}: bf16 train per stage " + " ".join(cells) + f"  weighted {total:.2f}")
+        par_best = min(par_scores, key=par_scores.get) if par_scores else par_best
     # seg_len: memory vs recomputation
     seg_res = []
     for seg in sorted({max(v, fbest[0], bbest[0]) for v in (bbest[0], 64, 128, 256)}):
         if time.time() - T0 > budget_s:
             break
         st.set_config(default, fwd_block_l=fbest[0], fwd_block_d=fbest[1], fwd_warps=fbest[2], fwd_seq=fbest[3],
-                      bwd_block_l=bbest[0], bwd_block_d=bbest[1], bwd_warps=bbest[2], seg_len=seg)
+                      bwd_block_l=bbest[0], bwd_block_d=bbest[1], bwd_warps=bbest[2], bwd_seq=bbest[3], seg_len=seg,
+                      seq_stages=stages_best, bwd_par=par_best)
         h, w, d, r, _ = STAGES[0]
         res = guarded(f"seg {seg}")(time_stage, "triton", lambda x, p: st.ss2d_scan_triton(x, *p), batch, h, w, d, r,
                                     True, True)
@@ -537,19 +580,21 @@ def sweep(batch, budget_s, bwd_only=False):
     if bbest[0] < fbest[0] and time.time() - T0 < budget_s:
         # a state saved per backward tile (no recomputation pass) needs the forward's tiles that short too
         st.set_config(default, fwd_block_l=bbest[0], fwd_block_d=fbest[1], fwd_warps=fbest[2], fwd_seq=fbest[3],
-                      bwd_block_l=bbest[0], bwd_block_d=bbest[1], bwd_warps=bbest[2], seg_len=bbest[0])
+                      bwd_block_l=bbest[0], bwd_block_d=bbest[1], bwd_warps=bbest[2], bwd_seq=bbest[3], seg_len=bbest[0])
         h, w, d, r, _ = STAGES[0]
         res = guarded("seg per tile")(time_stage, "triton", lambda x, p: st.ss2d_scan_triton(x, *p), batch, h, w, d,
                                       r, True, True)
         if res is not None:
             log(f"  seg_len={bbest[0]} with fwd_block_l={bbest[0]} (no recomputation): stage-1 bf16 train "
                 f"{res[0]:.3f} ms, peak extra {res[1]:.0f} MiB (not auto-selected: memory)")
-    seg_best = min(seg_res, key=lambda s: s[1][0])[0] if seg_res else default.seg_len
+    # the longest segment (least saved-state memory) within 3% of the fastest
+    fastest = min((r[0] for _, r in seg_res), default=float("inf"))
+    seg_best = max((sg for sg, r in seg_res if r[0] <= 1.03 * fastest), default=default.seg_len)
     log("  per-stage best forward: " + ", ".join(f"{h}/{d}: {v[1]} {v[0]:.3f}ms" for (h, d), v in best_fwd.items()))
     log("  per-stage best fwd+bwd: " + ", ".join(f"{h}/{d}: {v[1]} {v[0]:.3f}ms" for (h, d), v in best_bwd.items()))
     rec = (f"fwd_block_l={fbest[0]},fwd_block_d={fbest[1]},fwd_warps={fbest[2]},fwd_seq={fbest[3]},"
            f"bwd_block_l={bbest[0]},"
-           f"bwd_block_d={bbest[1]},bwd_warps={bbest[2]},seg_len={seg_best}"
+           f"bwd_block_d={bbest[1]},bwd_warps={bbest[2]},bwd_seq={bbest[3]},seg_len={seg_best},seq_stages={stages_best},bwd_par={par_best}"
            + (",bwd_rev_flip=1" if default.bwd_rev_flip else ""))
     log(f"  RECOMMENDED: VMUNET_TRITON_SCAN={rec}")
     st.set_config(default)
@@ -578,7 +623,7 @@ def main() -> None:
         N_STATE = 4
         DET_SHAPE = (1, 3, 4, 8)
         GEN_SHAPE = (1, 2, 4, 4, 9)
-        FWD_CANDIDATES = [FWD_CANDIDATES[0], FWD_CANDIDATES[8]]
+        FWD_CANDIDATES = FWD_CANDIDATES[:2]
         BWD_CANDIDATES = BWD_CANDIDATES[:3]
         parity_cases = [(1, 3, 5, 6, 4, 2), (1, 1, 1, 4, 4, 1)]
         alt_case = (1, 2, 3, 4, 4, 1)

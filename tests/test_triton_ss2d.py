@@ -121,10 +121,11 @@ else:
     SS2D_CASES = [(1, 3, 5, 6, 4, 2), (2, 4, 3, 4, 2, 1)]
 
 
+@pytest.mark.parametrize("bwd_seq", [0, 1])
 @pytest.mark.parametrize("b,h,w,d,n,r", SS2D_CASES)
-def test_ss2d_forward_and_gradients_match_reference(b, h, w, d, n, r):
-    if not CUDA:
-        st.set_config(SMALL_CFG if b == 1 else MID_CFG)
+def test_ss2d_forward_and_gradients_match_reference(b, h, w, d, n, r, bwd_seq):
+    """Both backward kernels (tile, sequential) against the reference."""
+    st.set_config(SMALL_CFG if b == 1 else MID_CFG if not CUDA else st.ScanConfig(), bwd_seq=bwd_seq)
     torch.manual_seed(0)
     params = make_params(d, n, r)
     x = torch.randn(b, h, w, d, device=DEVICE, requires_grad=True)
@@ -250,19 +251,20 @@ def test_reverse_scan_fallback_matches():
     x = torch.randn(b, h, w, d, device=DEVICE, requires_grad=True)
     results = []
     for flip in (0, 1):
-        st.set_config(MID_CFG if not CUDA else st.ScanConfig(), bwd_rev_flip=flip)
+        # the flag belongs to the tile backward kernel
+        st.set_config(MID_CFG if not CUDA else st.ScanConfig(bwd_block_l=8, bwd_warps=4), bwd_rev_flip=flip, bwd_seq=0)
         y = st.ss2d_scan_triton(x, *params)
         results.append(torch.autograd.grad(y.square().sum(), [x, *params]))
     for name, a, c in zip(NAMES, *results):
         assert rel_err(a, c) < 1e-5, name
 
 
-def test_backward_with_vanishing_decays_matches_reference():
+@pytest.mark.parametrize("bwd_seq", [0, 1])
+def test_backward_with_vanishing_decays_matches_reference(bwd_seq):
     """Large time steps make exp(delta A) underflow to 0 (the state forgets everything each step): the
     dA gradient is then tiny and must not pick up rounding noise (on the GPU, forming exp(delta_t A) h_{t-1}
     as h_t - delta_t B_t u_t failed this at 8e-4; the interpreter's numpy arithmetic does not show it)."""
-    if not CUDA:
-        st.set_config(SMALL_CFG)
+    st.set_config(SMALL_CFG if not CUDA else st.ScanConfig(), bwd_seq=bwd_seq)
     torch.manual_seed(10)
     b, h, w, d, n, r = (1, 3, 5, 6, 4, 2) if not CUDA else (2, 16, 16, 64, 16, 4)
     params = make_params(d, n, r)
@@ -277,6 +279,46 @@ def test_backward_with_vanishing_decays_matches_reference():
     for name, got, want in zip(NAMES, torch.autograd.grad(y, [x, *params], go),
                                torch.autograd.grad(y_ref, [x, *params], go)):
         assert rel_err(got, want) < 1e-4, f"gradient of {name}: relative error {rel_err(got, want):.2e}"
+
+
+@pytest.mark.parametrize("seg_len,bwd_block_l,bwd_par", [(8, 2, 1), (8, 2, 8), (4, 4, 3), (16, 8, 8)])
+def test_sequential_backward_matches_reference(seg_len, bwd_block_l, bwd_par):
+    """bwd_seq=1 (one time step per iteration, states of a sub-segment in scratch) against the reference:
+    several segments and sub-segments with a partial last one, no recomputation pass (seg_len == bwd_block_l),
+    a masked channel block, segments walked by one program or shared by several (bwd_par, 3 programs for 4
+    segments: uneven shares); then through the plain selective scan (groups, no cross-scan)."""
+    torch.manual_seed(11)
+    b, h, w, d, n, r = (1, 3, 5, 6, 4, 2) if not CUDA else (2, 19, 23, 96, 16, 6)
+    fwd_l = min(seg_len, 4) if not CUDA else 16
+    seg = seg_len if not CUDA else 8 * seg_len
+    st.set_config(st.ScanConfig(fwd_block_l=fwd_l, fwd_block_d=4 if not CUDA else 16, fwd_warps=1 if not CUDA else 4,
+                                bwd_block_l=bwd_block_l, bwd_block_d=4 if not CUDA else 32, bwd_warps=1 if not CUDA else 4,
+                                seg_len=seg, bwd_seq=1, bwd_par=bwd_par))
+    params = make_params(d, n, r)
+    x = torch.randn(b, h, w, d, device=DEVICE, requires_grad=True)
+    y = st.ss2d_scan_triton(x, *params)
+    y_ref = ss2d_ref(x, *params)
+    go = torch.randn_like(y_ref)
+    for name, got, want in zip(NAMES, torch.autograd.grad(y, [x, *params], go),
+                               torch.autograd.grad(y_ref, [x, *params], go)):
+        assert rel_err(got, want) < 1e-4, f"gradient of {name}: relative error {rel_err(got, want):.2e}"
+    if (seg_len, bwd_par) != (8, 8):
+        return
+    bs, g, dm, length = 2, 2, 3, 11
+    u = torch.randn(bs, g * dm, length, device=DEVICE, requires_grad=True)
+    delta = (0.5 * torch.randn(bs, g * dm, length, device=DEVICE)).requires_grad_()
+    A = (-torch.rand(g * dm, n, device=DEVICE) - 0.1).requires_grad_()
+    Bm = torch.randn(bs, g, n, length, device=DEVICE, requires_grad=True)
+    Cm = torch.randn(bs, g, n, length, device=DEVICE, requires_grad=True)
+    D = torch.randn(g * dm, device=DEVICE, requires_grad=True)
+    bias = (0.1 * torch.randn(g * dm, device=DEVICE)).requires_grad_()
+    inputs = [u, delta, A, Bm, Cm, D, bias]
+    y = st.selective_scan_triton(u, delta, A, Bm, Cm, D, delta_bias=bias, delta_softplus=True)
+    y_ref, _ = selective_scan_ref(u, delta, A, Bm, Cm, D, bias, softplus=True)
+    go = torch.randn_like(y)
+    for name, got, want in zip("u delta A B C D bias".split(), torch.autograd.grad(y, inputs, go),
+                               torch.autograd.grad(y_ref, inputs, go)):
+        assert rel_err(got, want) < 1e-4, name
 
 
 def test_sequential_forward_matches_chunked():

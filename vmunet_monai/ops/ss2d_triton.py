@@ -90,30 +90,42 @@ class ScanConfig:
             ``tl.associative_scan``; which is faster depends on the GPU (see scripts/gpu_triton_check.py).
         bwd_rev_flip: 1 = compute the backward's reverse-time scan as flip / forward scan / flip instead
             of ``tl.associative_scan(reverse=True)`` (a fallback for Triton builds with a faulty reverse scan).
+        bwd_seq: 1 = backward kernel steps through time one step per iteration (``bwd_seq_kernel``: state in
+            registers, ``bwd_block_l`` = steps per sub-segment whose states it keeps in scratch) instead of
+            the tile kernel with scans over ``bwd_block_l`` steps.
+        seq_stages: software-pipelining depth of the sequential kernels' time loops (``tl.range(num_stages=...)``:
+            the loads of ``seq_stages - 1`` later steps are in flight while a step is computed); 1 = none.
+        bwd_par: sequential backward only: programs sharing the segments of one (batch, direction, channel
+            block), each segment starting from its adjoint carry, found first by a parallel reverse pass over
+            the segments and a walk over their boundaries; 1 = one program walks all segments.
         upcast_16bit: 1 = under autocast, hand the kernels transient fp32 copies of the 16-bit activations
             (u, delta, B, C); their gradients still leave the kernels in the 16-bit dtype. The kernels compute in
             fp32 either way, so results are identical; 0 = let the kernels load 16-bit values themselves (1.9x
             slower on the H200: docs/benchmarks.md).
     """
 
-    # Defaults: the best forward and forward+backward tiles of the H200 sweeps (scripts/gpu_triton_check.py,
-    # 2026-11-29, bf16, 256x256 stage shapes, batch 32; docs/results/h200_2026-11-29c): forward (16, 16, 4 warps);
-    # backward (8, 32, 4 warps): 167 ms (bf16) per training step of the 15 SS2D cores; in the sweep every
-    # other backward tile (8x64, 4x64, 8x16, 16x32, 16x16, ...) was 10-40% slower (more register spills).
+    # Defaults from the H200 sweeps (scripts/gpu_triton_check.py, bf16, 256x256 stage shapes, batch 32;
+    # docs/benchmarks.md, fourth session). Forward: the tile kernel (16 steps x 16 channels, 4 warps); the
+    # sequential forward was 12% faster at batch 32 but a batch-1 forward walks 4096 steps in 4-8 programs
+    # (9.4 ms instead of 2.9 ms as a CUDA graph). Backward: the sequential kernel, 16-step sub-segments,
+    # 32 channels per one-warp program, loads pipelined 4 deep: 96 ms per bf16 training step of the 15 SS2D
+    # cores, against 138 ms for the best tile backward (8 x 32, 4 warps; 255 registers with spills).
     fwd_block_l: int = 16
     fwd_block_d: int = 16
     fwd_warps: int = 4
-    bwd_block_l: int = 8
+    bwd_block_l: int = 16
     bwd_block_d: int = 32
-    bwd_warps: int = 4
-    # any seg_len > bwd_block_l costs the same single recomputation pass in the backward; longer segments
-    # only trade saved-state memory (1 / seg_len) for a larger per-program scratch (seg_len / bwd_block_l).
-    # Stage 1 at batch 32 (sweep): 26.48 ms / 2259 MiB at 64, 26.61 ms / 2176 MiB at 128, 26.82 ms / 2151 MiB
-    # at 256; 128 saves about 300 MiB of states over the whole network for a time change within noise
+    bwd_warps: int = 1
+    # seg_len trades saved-state memory (1 / seg_len of all states) for a recomputation pass in the backward
+    # (none when seg_len == bwd_block_l). Stage 1, batch 32, bf16, sequential backward: 13.8 ms / 2273 MiB
+    # at 16 (no pass), 15.7 ms / 1701 MiB at 64, 15.7 ms / 1611 MiB at 128, 15.7 ms / 1575 MiB at 256
     seg_len: int = 128
     bwd_rev_flip: int = 0
     fwd_seq: int = 0
     upcast_16bit: int = 1
+    bwd_seq: int = 1
+    seq_stages: int = 4
+    bwd_par: int = 8
 
     def validate(self) -> "ScanConfig":
         for f in ("fwd_block_l", "fwd_block_d", "bwd_block_l", "bwd_block_d"):
@@ -123,6 +135,8 @@ class ScanConfig:
         for f in ("fwd_block_l", "bwd_block_l"):
             if self.seg_len % getattr(self, f):
                 raise ValueError(f"ScanConfig.seg_len={self.seg_len} must be a multiple of {f}={getattr(self, f)}")
+        if self.seq_stages < 1:
+            raise ValueError(f"ScanConfig.seq_stages must be >= 1, got {self.seq_stages}")
         return self
 
 
@@ -249,8 +263,10 @@ def _kernels():
     if _interpreting():
         _vectorise_interpreter_scan()
     from . import ss2d_triton_kernels as kern
+    from . import ss2d_triton_seq_kernels as seq
 
-    return kern.fwd_kernel, kern.bwd_kernel
+    return (kern.fwd_kernel, kern.bwd_kernel, seq.fwd_seq_kernel, seq.bwd_seq_kernel, seq.bwd_seg_adjoint_kernel,
+            seq.seg_adjoint_combine_kernel)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -276,7 +292,7 @@ def _next_pow2(n: int) -> int:
 
 def _scan_forward(u4, dl4, b4, c4, A, Dskip, bias, H, W, cross, softplus, save_states, cfg):
     """Run the forward kernel. All 4D tensors are views indexed (b, k, l, d|n)."""
-    fwd_kernel = _kernels()[0]
+    fwd_kernel = _kernels()[2 if cfg.fwd_seq else 0]
     Bsz, K, L, DM = dl4.shape
     N = A.shape[1]
     y4_store = torch.empty((K, Bsz, L, DM), device=dl4.device, dtype=torch.float32)
@@ -299,7 +315,7 @@ def _scan_forward(u4, dl4, b4, c4, A, Dskip, bias, H, W, cross, softplus, save_s
         K=K, N=N, NP=_next_pow2(N),
         BLOCK_L=cfg.fwd_block_l, BLOCK_D=cfg.fwd_block_d, CPS=cps,
         CROSS=cross, SOFTPLUS=softplus, HAS_D=Dskip is not None, HAS_BIAS=bias is not None,
-        SAVE_STATES=save_states, SEQ=bool(cfg.fwd_seq), num_warps=cfg.fwd_warps,
+        SAVE_STATES=save_states, num_warps=cfg.fwd_warps, **({"STAGES": cfg.seq_stages} if cfg.fwd_seq else {}),
     )
     return y4_store, states
 
@@ -311,7 +327,7 @@ def _scan_backward(u4, dl4, b4, c4, A, Dskip, bias, dy4, states, du4, H, W, cros
     ``grad_dtype`` (default: the inputs' dtype) is the dtype of ddelta and of the dB/dC partials: the 16-bit
     activation dtype when the kernels read fp32 copies of 16-bit activations (``upcast_16bit``).
     """
-    bwd_kernel = _kernels()[1]
+    bwd_kernel = _kernels()[3 if cfg.bwd_seq else 1]
     Bsz, K, L, DM = dl4.shape
     N = A.shape[1]
     NP = _next_pow2(N)
@@ -327,24 +343,45 @@ def _scan_backward(u4, dl4, b4, c4, A, Dskip, bias, dy4, states, du4, H, W, cros
     part_dtype = _partial_dtype(grad_dtype)
     db_part = torch.empty((n_dblk, Bsz, K, L, N), device=dev, dtype=part_dtype)
     dc_part = torch.empty((n_dblk, Bsz, K, L, N), device=dev, dtype=part_dtype)
-    da_part = torch.empty((Bsz, K * DM, N), device=dev, dtype=torch.float32)
-    dd_part = torch.empty((Bsz, K * DM), device=dev, dtype=torch.float32)
-    scratch = torch.empty((Bsz * K * n_dblk * cps * cfg.bwd_block_d * NP if cps > 1 else 1,),
-                          device=dev, dtype=torch.float32)
-    grid = (Bsz * K, n_dblk)
+    seg_len = fwd_cfg.seg_len
+    n_seg = triton_cdiv(L, seg_len)
+    par = min(cfg.bwd_par, n_seg) if cfg.bwd_seq else 1
     dummy = A
+    win = dummy
+    if par > 1:
+        # the adjoint carry arriving at each segment's end, so that segments can be walked in parallel
+        adj_kernel, combine_kernel = _kernels()[4:6]
+        win = torch.empty((Bsz * K, n_seg, N, DM), device=dev, dtype=torch.float32)
+        dsum = torch.empty((Bsz * K, n_seg, DM), device=dev, dtype=torch.float32)
+        adj_kernel[(Bsz * K, n_dblk, n_seg - 1)](
+            dl4, c4, A, bias if bias is not None else dummy, dy4, win, dsum, L, H, W, DM,
+            *dl4.stride(), *c4.stride(), *dy4.stride(),
+            K=K, N=N, NP=NP, SEG=seg_len, BLOCK_D=cfg.bwd_block_d, CROSS=cross, SOFTPLUS=softplus,
+            HAS_BIAS=bias is not None, STAGES=cfg.seq_stages, num_warps=cfg.bwd_warps)
+        combine_kernel[(Bsz * K, n_dblk)](win, dsum, A, L, DM, K=K, N=N, NP=NP, SEG=seg_len, BLOCK_D=cfg.bwd_block_d,
+                                          num_warps=cfg.bwd_warps)
+    da_part = torch.empty((par * Bsz, K * DM, N), device=dev, dtype=torch.float32)
+    dd_part = torch.empty((par * Bsz, K * DM), device=dev, dtype=torch.float32)
+    # program-private scratch: tile kernel, the states at the tile starts of a segment; sequential kernel,
+    # those plus the states of every step of one sub-segment
+    per_program = (cps + cfg.bwd_block_l) if cfg.bwd_seq else (cps if cps > 1 else 0)
+    scratch = torch.empty((max(1, Bsz * K * n_dblk * par * per_program * cfg.bwd_block_d * NP),),
+                          device=dev, dtype=torch.float32)
+    seq_kw = {"STAGES": cfg.seq_stages, "PAR": par} if cfg.bwd_seq else {"REV_FLIP": bool(cfg.bwd_rev_flip)}
+    grid = (Bsz * K, n_dblk, par)
+    args = [u4, dl4, b4, c4, A, Dskip if Dskip is not None else dummy, bias if bias is not None else dummy,
+            dy4, states, scratch, du4, ddl4, db_part, dc_part, da_part, dd_part]
+    if cfg.bwd_seq:
+        args.append(win)
     _LAST_LAUNCH["bwd"] = bwd_kernel[grid](
-        u4, dl4, b4, c4, A,
-        Dskip if Dskip is not None else dummy, bias if bias is not None else dummy,
-        dy4, states, scratch,
-        du4, ddl4, db_part, dc_part, da_part, dd_part,
+        *args,
         L, H, W, DM, nslot,
         *u4.stride(), *dl4.stride(), *b4.stride(), *c4.stride(), *dy4.stride(), *du4.stride(),
         *ddl4.stride(), *db_part.stride(), *dc_part.stride(),
         K=K, N=N, NP=NP,
         BLOCK_L=cfg.bwd_block_l, BLOCK_D=cfg.bwd_block_d, CPS=cps,
         CROSS=cross, SOFTPLUS=softplus, HAS_D=Dskip is not None, HAS_BIAS=bias is not None,
-        REV_FLIP=bool(cfg.bwd_rev_flip), num_warps=cfg.bwd_warps,
+        num_warps=cfg.bwd_warps, **seq_kw,
     )
     # deterministic reductions of the per-program partials (accumulated in fp32)
     db = db_part.sum(0, dtype=torch.float32) if n_dblk > 1 else db_part[0].float()

@@ -84,7 +84,7 @@ def fwd_kernel(
     K: tl.constexpr, N: tl.constexpr, NP: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, CPS: tl.constexpr,
     CROSS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
-    SAVE_STATES: tl.constexpr, SEQ: tl.constexpr = False,
+    SAVE_STATES: tl.constexpr,
 ):
     pid_bk = tl.program_id(0)
     pid_d = tl.program_id(1)
@@ -118,43 +118,26 @@ def fwd_kernel(
     rows = tl.arange(0, BLOCK_L)
 
     h = tl.zeros([BLOCK_D, NP], dtype=tl.float32)
-    if SEQ:
-        # one time step per iteration: the state stays in registers, each step loads one row of
-        # delta/u/B/C (no scan tree, no tile-sized temporaries)
-        for t in range(0, L):
-            if SAVE_STATES:
-                if t % (CPS * BLOCK_L) == 0:
-                    tl.store(st_base + (t // (CPS * BLOCK_L)) * DM * N + st_offs, h, mask=mask_dn)
-            p = _time_to_pos(t, k, L, H, W, CROSS)
-            raw = tl.load(dl_base + p * sdl_l + offs_d * sdl_d, mask=mask_d, other=0.0).to(tl.float32) + bias
-            dlt = tl.where(mask_d, _delta(raw, SOFTPLUS), 0.0)
-            u = tl.load(u_base + p * su_l + offs_d * su_d, mask=mask_d, other=0.0).to(tl.float32)
-            bm = tl.load(b_base + p * sb_l + offs_n * sb_n, mask=mask_n, other=0.0).to(tl.float32)
-            cm = tl.load(c_base + p * sc_l + offs_n * sc_n, mask=mask_n, other=0.0).to(tl.float32)
-            h = tl.exp2(dlt[:, None] * a2) * h + (dlt * u)[:, None] * bm[None, :]
-            y = tl.sum(h * cm[None, :], axis=1) + dskip * u
-            tl.store(y_base + p * sy_l + offs_d * sy_d, y, mask=mask_d)
-    else:
-        n_chunks = tl.cdiv(L, BLOCK_L)
-        for c in range(0, n_chunks):
-            if SAVE_STATES:
-                if c % CPS == 0:
-                    tl.store(st_base + (c // CPS) * DM * N + st_offs, h, mask=mask_dn)
-            t = c * BLOCK_L + rows
-            p, mask_t, raw, dlt, u, bm = _load_tile(
-                u_base, dl_base, b_base, t, k, L, H, W, offs_d, mask_d, offs_n, mask_n, bias,
-                su_l, su_d, sdl_l, sdl_d, sb_l, sb_n, CROSS, SOFTPLUS)
-            cm = tl.load(c_base + p[:, None] * sc_l + offs_n[None, :] * sc_n,
-                         mask=mask_t[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
-            da = tl.exp2(dlt[:, :, None] * a2[None, :, :])
-            dbu = (dlt * u)[:, :, None] * bm[:, None, :]
-            acc_a, acc_b = tl.associative_scan((da, dbu), 0, _combine)
-            hs = acc_a * h[None, :, :] + acc_b
-            y = tl.sum(hs * cm[:, None, :], axis=2) + dskip[None, :] * u
-            tl.store(y_base + p[:, None] * sy_l + offs_d[None, :] * sy_d, y,
-                     mask=mask_t[:, None] & mask_d[None, :])
-            # masked rows carry the state unchanged (da=1, dbu=0), so the last row is the chunk's end state
-            h = tl.sum(tl.where((rows == BLOCK_L - 1)[:, None, None], hs, 0.0), axis=0)
+    n_chunks = tl.cdiv(L, BLOCK_L)
+    for c in range(0, n_chunks):
+        if SAVE_STATES:
+            if c % CPS == 0:
+                tl.store(st_base + (c // CPS) * DM * N + st_offs, h, mask=mask_dn)
+        t = c * BLOCK_L + rows
+        p, mask_t, raw, dlt, u, bm = _load_tile(
+            u_base, dl_base, b_base, t, k, L, H, W, offs_d, mask_d, offs_n, mask_n, bias,
+            su_l, su_d, sdl_l, sdl_d, sb_l, sb_n, CROSS, SOFTPLUS)
+        cm = tl.load(c_base + p[:, None] * sc_l + offs_n[None, :] * sc_n,
+                     mask=mask_t[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+        da = tl.exp2(dlt[:, :, None] * a2[None, :, :])
+        dbu = (dlt * u)[:, :, None] * bm[:, None, :]
+        acc_a, acc_b = tl.associative_scan((da, dbu), 0, _combine)
+        hs = acc_a * h[None, :, :] + acc_b
+        y = tl.sum(hs * cm[:, None, :], axis=2) + dskip[None, :] * u
+        tl.store(y_base + p[:, None] * sy_l + offs_d[None, :] * sy_d, y,
+                 mask=mask_t[:, None] & mask_d[None, :])
+        # masked rows carry the state unchanged (da=1, dbu=0), so the last row is the chunk's end state
+        h = tl.sum(tl.where((rows == BLOCK_L - 1)[:, None, None], hs, 0.0), axis=0)
     if SAVE_STATES:
         tl.store(st_base + (NSLOT - 1) * DM * N + st_offs, h, mask=mask_dn)
 
@@ -309,3 +292,4 @@ def bwd_kernel(
     da_base = da_ptr + b * (K * DM * N)
     tl.store(da_base + ch[:, None] * N + offs_n[None, :], da_acc, mask=mask_dn)
     tl.store(dd_ptr + b * (K * DM) + ch, dd_acc, mask=mask_d)
+
