@@ -461,8 +461,8 @@ def timings(batch):
 FWD_CANDIDATES = [(16, 16, 4, 0), (16, 128, 4, 1), (16, 32, 1, 1)]
 # (BLOCK_L, BLOCK_D, warps, sequential): sequential=1 is bwd_seq_kernel, BLOCK_L its sub-segment length
 BWD_CANDIDATES = [(16, 32, 1, 1), (16, 64, 2, 1), (8, 32, 1, 1), (8, 32, 4, 0)]
-# extra columns of the default-config timings (section 4): one program per segment chain, the tile backward
-SEQ_COLUMNS = [("bwd_par=1", dict(bwd_par=1)), ("tile bwd", dict(bwd_seq=0, bwd_block_l=8, bwd_warps=4))]
+# extra columns of the default-config timings (section 4): the tile backward, the sequential forward
+SEQ_COLUMNS = [("tile bwd", dict(bwd_seq=0, bwd_block_l=8, bwd_warps=4)), ("seq fwd", dict(fwd_seq=1, fwd_block_d=128))]
 
 
 def sweep(batch, budget_s, bwd_only=False):
@@ -544,25 +544,6 @@ def sweep(batch, budget_s, bwd_only=False):
             stage_scores[ns] = total
             log(f"  seq_stages={ns}: bf16 train per stage " + " ".join(cells) + f"  weighted {total:.2f}")
         stages_best = min(stage_scores, key=stage_scores.get) if stage_scores else stages_best
-    # programs sharing one chain of segments in the sequential backward
-    par_best = default.bwd_par
-    if bbest[3] and time.time() - T0 < budget_s:
-        par_scores = {}
-        for par in (1, 2, 4, 8, 16, 32):
-            if time.time() - T0 > budget_s:
-                break
-            st.set_config(default, fwd_block_l=fbest[0], fwd_block_d=fbest[1], fwd_warps=fbest[2], fwd_seq=fbest[3],
-                          bwd_block_l=bbest[0], bwd_block_d=bbest[1], bwd_warps=bbest[2], bwd_seq=bbest[3],
-                          seq_stages=stages_best, bwd_par=par)
-            cells, total = [], 0.0
-            for h, w, d, r, nblk in STAGES:
-                res = guarded(f"par {par} {h}x{w}")(time_stage, "triton", lambda x, p: st.ss2d_scan_triton(x, *p),
-                                                    batch, h, w, d, r, True, True)
-                cells.append(f"{res[0]:>9.3f}ms/{res[1]:>5.0f}M" if res else "error")
-                total += res[0] * nblk if res else float("inf")
-            par_scores[par] = total
-            log(f"  bwd_par={par}: bf16 train per stage " + " ".join(cells) + f"  weighted {total:.2f}")
-        par_best = min(par_scores, key=par_scores.get) if par_scores else par_best
     # seg_len: memory vs recomputation
     seg_res = []
     for seg in sorted({max(v, fbest[0], bbest[0]) for v in (bbest[0], 64, 128, 256)}):
@@ -570,7 +551,7 @@ def sweep(batch, budget_s, bwd_only=False):
             break
         st.set_config(default, fwd_block_l=fbest[0], fwd_block_d=fbest[1], fwd_warps=fbest[2], fwd_seq=fbest[3],
                       bwd_block_l=bbest[0], bwd_block_d=bbest[1], bwd_warps=bbest[2], bwd_seq=bbest[3], seg_len=seg,
-                      seq_stages=stages_best, bwd_par=par_best)
+                      seq_stages=stages_best)
         h, w, d, r, _ = STAGES[0]
         res = guarded(f"seg {seg}")(time_stage, "triton", lambda x, p: st.ss2d_scan_triton(x, *p), batch, h, w, d, r,
                                     True, True)
@@ -594,7 +575,7 @@ def sweep(batch, budget_s, bwd_only=False):
     log("  per-stage best fwd+bwd: " + ", ".join(f"{h}/{d}: {v[1]} {v[0]:.3f}ms" for (h, d), v in best_bwd.items()))
     rec = (f"fwd_block_l={fbest[0]},fwd_block_d={fbest[1]},fwd_warps={fbest[2]},fwd_seq={fbest[3]},"
            f"bwd_block_l={bbest[0]},"
-           f"bwd_block_d={bbest[1]},bwd_warps={bbest[2]},bwd_seq={bbest[3]},seg_len={seg_best},seq_stages={stages_best},bwd_par={par_best}"
+           f"bwd_block_d={bbest[1]},bwd_warps={bbest[2]},bwd_seq={bbest[3]},seg_len={seg_best},seq_stages={stages_best}"
            + (",bwd_rev_flip=1" if default.bwd_rev_flip else ""))
     log(f"  RECOMMENDED: VMUNET_TRITON_SCAN={rec}")
     st.set_config(default)

@@ -16,8 +16,10 @@ run once on the unpermuted layout as ordinary GEMMs (cuBLAS, autocast friendly):
 cover softplus(delta + bias), the recurrence ``h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t``,
 ``y_t = <C_t, h_t> + D u_t`` and its exact backward (reverse-time scan with the forward states
 recomputed from checkpoints). Each program owns (batch, direction, block of channels) and walks the
-sequence in tiles of ``BLOCK_L`` steps, combining a tile with ``tl.associative_scan`` (or, with
-``fwd_seq=1``, one step per iteration) and carrying the (BLOCK_D, N) state between tiles.
+sequence. Two kernel families (``ss2d_triton_kernels``, ``ss2d_triton_seq_kernels``): tile kernels combine
+``BLOCK_L`` steps at a time with ``tl.associative_scan``; sequential kernels step through time one step per
+iteration with the state in registers and the loads software-pipelined. The defaults (measured on an H200,
+docs/benchmarks.md) are the tile forward and the sequential backward.
 
 The core is registered as the ``torch.library`` custom ops ``vmunet_monai::ss2d_scan_fwd`` /
 ``ss2d_scan_bwd`` so that ``torch.compile`` (fullgraph) and CUDA graphs see one opaque op per block.
@@ -85,9 +87,10 @@ class ScanConfig:
             of both block_l values. ``seg_len == bwd_block_l`` skips the backward's recomputation pass
             but saves a state per tile; any longer segment costs one recomputation pass and saves
             ``1 / seg_len`` of the states.
-        fwd_seq: 1 = forward kernel steps through time one step per iteration (state in registers, no
-            scan tree; ``fwd_block_l`` then only sets the state-saving granularity) instead of chunked
-            ``tl.associative_scan``; which is faster depends on the GPU (see scripts/gpu_triton_check.py).
+        fwd_seq: 1 = forward kernel steps through time one step per iteration (``fwd_seq_kernel``: state in
+            registers, no scan tree; ``fwd_block_l`` then only sets the state-saving granularity) instead of
+            chunked ``tl.associative_scan``; which is faster depends on the GPU and the batch (see
+            scripts/gpu_triton_check.py).
         bwd_rev_flip: 1 = compute the backward's reverse-time scan as flip / forward scan / flip instead
             of ``tl.associative_scan(reverse=True)`` (a fallback for Triton builds with a faulty reverse scan).
         bwd_seq: 1 = backward kernel steps through time one step per iteration (``bwd_seq_kernel``: state in
@@ -95,9 +98,6 @@ class ScanConfig:
             the tile kernel with scans over ``bwd_block_l`` steps.
         seq_stages: software-pipelining depth of the sequential kernels' time loops (``tl.range(num_stages=...)``:
             the loads of ``seq_stages - 1`` later steps are in flight while a step is computed); 1 = none.
-        bwd_par: sequential backward only: programs sharing the segments of one (batch, direction, channel
-            block), each segment starting from its adjoint carry, found first by a parallel reverse pass over
-            the segments and a walk over their boundaries; 1 = one program walks all segments.
         upcast_16bit: 1 = under autocast, hand the kernels transient fp32 copies of the 16-bit activations
             (u, delta, B, C); their gradients still leave the kernels in the 16-bit dtype. The kernels compute in
             fp32 either way, so results are identical; 0 = let the kernels load 16-bit values themselves (1.9x
@@ -125,7 +125,6 @@ class ScanConfig:
     upcast_16bit: int = 1
     bwd_seq: int = 1
     seq_stages: int = 4
-    bwd_par: int = 8
 
     def validate(self) -> "ScanConfig":
         for f in ("fwd_block_l", "fwd_block_d", "bwd_block_l", "bwd_block_d"):
@@ -265,8 +264,7 @@ def _kernels():
     from . import ss2d_triton_kernels as kern
     from . import ss2d_triton_seq_kernels as seq
 
-    return (kern.fwd_kernel, kern.bwd_kernel, seq.fwd_seq_kernel, seq.bwd_seq_kernel, seq.bwd_seg_adjoint_kernel,
-            seq.seg_adjoint_combine_kernel)
+    return kern.fwd_kernel, kern.bwd_kernel, seq.fwd_seq_kernel, seq.bwd_seq_kernel
 
 
 # --------------------------------------------------------------------------------------------------
@@ -343,38 +341,19 @@ def _scan_backward(u4, dl4, b4, c4, A, Dskip, bias, dy4, states, du4, H, W, cros
     part_dtype = _partial_dtype(grad_dtype)
     db_part = torch.empty((n_dblk, Bsz, K, L, N), device=dev, dtype=part_dtype)
     dc_part = torch.empty((n_dblk, Bsz, K, L, N), device=dev, dtype=part_dtype)
-    seg_len = fwd_cfg.seg_len
-    n_seg = triton_cdiv(L, seg_len)
-    par = min(cfg.bwd_par, n_seg) if cfg.bwd_seq else 1
     dummy = A
-    win = dummy
-    if par > 1:
-        # the adjoint carry arriving at each segment's end, so that segments can be walked in parallel
-        adj_kernel, combine_kernel = _kernels()[4:6]
-        win = torch.empty((Bsz * K, n_seg, N, DM), device=dev, dtype=torch.float32)
-        dsum = torch.empty((Bsz * K, n_seg, DM), device=dev, dtype=torch.float32)
-        adj_kernel[(Bsz * K, n_dblk, n_seg - 1)](
-            dl4, c4, A, bias if bias is not None else dummy, dy4, win, dsum, L, H, W, DM,
-            *dl4.stride(), *c4.stride(), *dy4.stride(),
-            K=K, N=N, NP=NP, SEG=seg_len, BLOCK_D=cfg.bwd_block_d, CROSS=cross, SOFTPLUS=softplus,
-            HAS_BIAS=bias is not None, STAGES=cfg.seq_stages, num_warps=cfg.bwd_warps)
-        combine_kernel[(Bsz * K, n_dblk)](win, dsum, A, L, DM, K=K, N=N, NP=NP, SEG=seg_len, BLOCK_D=cfg.bwd_block_d,
-                                          num_warps=cfg.bwd_warps)
-    da_part = torch.empty((par * Bsz, K * DM, N), device=dev, dtype=torch.float32)
-    dd_part = torch.empty((par * Bsz, K * DM), device=dev, dtype=torch.float32)
+    da_part = torch.empty((Bsz, K * DM, N), device=dev, dtype=torch.float32)
+    dd_part = torch.empty((Bsz, K * DM), device=dev, dtype=torch.float32)
     # program-private scratch: tile kernel, the states at the tile starts of a segment; sequential kernel,
     # those plus the states of every step of one sub-segment
     per_program = (cps + cfg.bwd_block_l) if cfg.bwd_seq else (cps if cps > 1 else 0)
-    scratch = torch.empty((max(1, Bsz * K * n_dblk * par * per_program * cfg.bwd_block_d * NP),),
+    scratch = torch.empty((max(1, Bsz * K * n_dblk * per_program * cfg.bwd_block_d * NP),),
                           device=dev, dtype=torch.float32)
-    seq_kw = {"STAGES": cfg.seq_stages, "PAR": par} if cfg.bwd_seq else {"REV_FLIP": bool(cfg.bwd_rev_flip)}
-    grid = (Bsz * K, n_dblk, par)
-    args = [u4, dl4, b4, c4, A, Dskip if Dskip is not None else dummy, bias if bias is not None else dummy,
-            dy4, states, scratch, du4, ddl4, db_part, dc_part, da_part, dd_part]
-    if cfg.bwd_seq:
-        args.append(win)
+    seq_kw = {"STAGES": cfg.seq_stages} if cfg.bwd_seq else {"REV_FLIP": bool(cfg.bwd_rev_flip)}
+    grid = (Bsz * K, n_dblk)
     _LAST_LAUNCH["bwd"] = bwd_kernel[grid](
-        *args,
+        u4, dl4, b4, c4, A, Dskip if Dskip is not None else dummy, bias if bias is not None else dummy,
+        dy4, states, scratch, du4, ddl4, db_part, dc_part, da_part, dd_part,
         L, H, W, DM, nslot,
         *u4.stride(), *dl4.stride(), *b4.stride(), *c4.stride(), *dy4.stride(), *du4.stride(),
         *ddl4.stride(), *db_part.stride(), *dc_part.stride(),

@@ -31,9 +31,20 @@ def _row_loads(u_base, dl_base, b_base, t, k, L, H, W, offs_d, mask_d, offs_n, m
 
 
 @triton.jit
-def _channel_params(a_ptr, dskip_ptr, bias_ptr, ch, offs_n, mask_d, mask_nd, N,
-                    BLOCK_D: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):
-    # A as (N, BLOCK_D), D skip and dt bias as (BLOCK_D,), fp32
+def _program_setup(a_ptr, dskip_ptr, bias_ptr, DM, K: tl.constexpr, N: tl.constexpr, NP: tl.constexpr,
+                   BLOCK_D: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):
+    # this program's (batch, direction) and channel block, its index vectors and masks, and its channels'
+    # parameters: A as (N, BLOCK_D), D skip and dt bias as (BLOCK_D,), fp32
+    pid_bk = tl.program_id(0)
+    pid_d = tl.program_id(1)
+    b = (pid_bk // K).to(tl.int64)
+    k = pid_bk % K
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    mask_d = offs_d < DM
+    offs_n = tl.arange(0, NP)
+    mask_n = offs_n < N
+    mask_nd = mask_n[:, None] & mask_d[None, :]
+    ch = k * DM + offs_d
     a_t = tl.load(a_ptr + ch[None, :] * N + offs_n[:, None], mask=mask_nd, other=0.0).to(tl.float32)
     if HAS_D:
         dskip = tl.load(dskip_ptr + ch, mask=mask_d, other=0.0).to(tl.float32)
@@ -43,7 +54,7 @@ def _channel_params(a_ptr, dskip_ptr, bias_ptr, ch, offs_n, mask_d, mask_nd, N,
         bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0).to(tl.float32)
     else:
         bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    return a_t, dskip, bias
+    return pid_bk, pid_d, b, k, offs_d, mask_d, offs_n, mask_n, mask_nd, ch, a_t, dskip, bias
 
 
 @triton.jit
@@ -61,18 +72,8 @@ def fwd_seq_kernel(
     SAVE_STATES: tl.constexpr, STAGES: tl.constexpr = 1,
 ):
     """Forward; saves the state every ``CPS * BLOCK_L`` steps (and at the end) like ``fwd_kernel``."""
-    pid_bk = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    b = (pid_bk // K).to(tl.int64)
-    k = pid_bk % K
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < DM
-    offs_n = tl.arange(0, NP)
-    mask_n = offs_n < N
-    mask_nd = mask_n[:, None] & mask_d[None, :]
-    ch = k * DM + offs_d
-    a_t, dskip, bias = _channel_params(a_ptr, dskip_ptr, bias_ptr, ch, offs_n, mask_d, mask_nd, N,
-                                       BLOCK_D, HAS_D, HAS_BIAS)
+    pid_bk, pid_d, b, k, offs_d, mask_d, offs_n, mask_n, mask_nd, ch, a_t, dskip, bias = _program_setup(
+        a_ptr, dskip_ptr, bias_ptr, DM, K, N, NP, BLOCK_D, HAS_D, HAS_BIAS)
     a2 = a_t * LOG2E
     kk = k.to(tl.int64)
     u_base = u_ptr + b * su_b + kk * su_k
@@ -104,7 +105,7 @@ def fwd_seq_kernel(
 @triton.jit
 def bwd_seq_kernel(
     u_ptr, dl_ptr, b_ptr, c_ptr, a_ptr, dskip_ptr, bias_ptr, dy_ptr, st_ptr, scr_ptr,
-    du_ptr, ddl_ptr, db_ptr, dc_ptr, da_ptr, dd_ptr, win_ptr,
+    du_ptr, ddl_ptr, db_ptr, dc_ptr, da_ptr, dd_ptr,
     L, H, W, DM, NSLOT,
     su_b, su_k, su_l, su_d,
     sdl_b, sdl_k, sdl_l, sdl_d,
@@ -118,7 +119,7 @@ def bwd_seq_kernel(
     K: tl.constexpr, N: tl.constexpr, NP: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, CPS: tl.constexpr,
     CROSS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr,
-    STAGES: tl.constexpr = 1, PAR: tl.constexpr = 1,
+    STAGES: tl.constexpr = 1,
 ):
     """Backward, walking the segments (``CPS * BLOCK_L`` steps, a saved forward state at the start of each)
     from the end of time.
@@ -127,25 +128,9 @@ def bwd_seq_kernel(
     sub-segment, from the last one, a forward pass stores h_{t-1} of each step (and writes dC_t, which needs
     h_t), then a reverse pass reads them back: g_t = C_t dy_t + w with w = exp(delta_{t+1} A) g_{t+1} carried
     from the step after. The scratch is program-private: (CPS + BLOCK_L) states of (N, BLOCK_D).
-
-    ``PAR > 1``: the ``PAR`` programs of grid axis 2 share the segments of a (batch, direction, channel
-    block) (program j takes segments j, j + PAR, ...), each starting from the adjoint carry of its segment's
-    end, ``win_ptr`` (B*K, n_seg, N, DM), from ``bwd_seg_adjoint_kernel`` + ``seg_adjoint_combine_kernel``;
-    dA and dD partials then come per program of axis 2. Stage 1 of VM-UNet has only B*K*DM/BLOCK_D one-warp
-    programs (768 at batch 32), too few to hide the per-step latency of a sequential walk.
     """
-    pid_bk = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    b = (pid_bk // K).to(tl.int64)
-    k = pid_bk % K
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < DM
-    offs_n = tl.arange(0, NP)
-    mask_n = offs_n < N
-    mask_nd = mask_n[:, None] & mask_d[None, :]
-    ch = k * DM + offs_d
-    a_t, dskip, bias = _channel_params(a_ptr, dskip_ptr, bias_ptr, ch, offs_n, mask_d, mask_nd, N,
-                                       BLOCK_D, HAS_D, HAS_BIAS)
+    pid_bk, pid_d, b, k, offs_d, mask_d, offs_n, mask_n, mask_nd, ch, a_t, dskip, bias = _program_setup(
+        a_ptr, dskip_ptr, bias_ptr, DM, K, N, NP, BLOCK_D, HAS_D, HAS_BIAS)
     a2 = a_t * LOG2E
     kk = k.to(tl.int64)
     u_base = u_ptr + b * su_b + kk * su_k
@@ -159,8 +144,7 @@ def bwd_seq_kernel(
     dc_base = dc_ptr + pid_d.to(tl.int64) * sdc_p + b * sdc_b + kk * sdc_k
     st_base = st_ptr + pid_bk.to(tl.int64) * NSLOT * DM * N
     st_offs = offs_d[None, :] * N + offs_n[:, None]
-    pid_s = tl.program_id(2)
-    pid_lin = (pid_bk.to(tl.int64) * tl.num_programs(1) + pid_d) * tl.num_programs(2) + pid_s
+    pid_lin = pid_bk.to(tl.int64) * tl.num_programs(1) + pid_d
     scr_base = scr_ptr + pid_lin * (CPS + BLOCK_L) * NP * BLOCK_D  # sub-segment start states
     hist_base = scr_base + CPS * NP * BLOCK_D  # h_{t-1} of each step of the current sub-segment
     scr_offs = offs_n[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
@@ -171,18 +155,8 @@ def bwd_seq_kernel(
     dd_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
     SEG: tl.constexpr = CPS * BLOCK_L
     n_seg = tl.cdiv(L, SEG)
-    if PAR > 1:
-        n_mine = tl.cdiv(n_seg - pid_s, PAR)
-        win_base = win_ptr + pid_bk.to(tl.int64) * n_seg * DM * N
-        win_offs = offs_n[:, None] * DM + offs_d[None, :]
-    else:
-        n_mine = n_seg
-    for si in range(0, n_mine):
-        if PAR > 1:
-            s = pid_s + si * PAR
-            w = tl.load(win_base + s * DM * N + win_offs, mask=mask_nd, other=0.0)
-        else:
-            s = n_seg - 1 - si
+    for si in range(0, n_seg):
+        s = n_seg - 1 - si
         t_lo = s * SEG
         t_hi = tl.minimum(t_lo + SEG, L)
         n_sub = tl.cdiv(t_hi - t_lo, BLOCK_L)
@@ -242,92 +216,6 @@ def bwd_seq_kernel(
                 dd_acc += dyf * uf
                 w = da * g
             tl.debug_barrier()
-    bp = pid_s.to(tl.int64) * (tl.num_programs(0) // K) + b  # (program of axis 2, batch) of the partials
-    tl.store(da_ptr + bp * (K * DM * N) + ch[None, :] * N + offs_n[:, None], da_acc, mask=mask_nd)
-    tl.store(dd_ptr + bp * (K * DM) + ch, dd_acc, mask=mask_d)
+    tl.store(da_ptr + b * (K * DM * N) + ch[None, :] * N + offs_n[:, None], da_acc, mask=mask_nd)
+    tl.store(dd_ptr + b * (K * DM) + ch, dd_acc, mask=mask_d)
 
-
-@triton.jit
-def bwd_seg_adjoint_kernel(
-    dl_ptr, c_ptr, a_ptr, bias_ptr, dy_ptr, v_ptr, dsum_ptr,
-    L, H, W, DM,
-    sdl_b, sdl_k, sdl_l, sdl_d,
-    sc_b, sc_k, sc_l, sc_n,
-    sdy_b, sdy_k, sdy_l, sdy_d,
-    K: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, SEG: tl.constexpr, BLOCK_D: tl.constexpr,
-    CROSS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr, STAGES: tl.constexpr = 1,
-):
-    """Per segment s >= 1 (grid axis 2 + 1): the adjoint carry its reverse walk hands to segment s-1 when
-    nothing arrives from after it, v_s (``v_ptr`` (B*K, n_seg, N, DM)), and the sum of its delta
-    (``dsum_ptr`` (B*K, n_seg, DM)): the carry is linear, w_out = exp(A sum(delta)) w_in + v_s."""
-    pid_bk = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    s = tl.program_id(2) + 1
-    b = (pid_bk // K).to(tl.int64)
-    k = pid_bk % K
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < DM
-    offs_n = tl.arange(0, NP)
-    mask_n = offs_n < N
-    mask_nd = mask_n[:, None] & mask_d[None, :]
-    ch = k * DM + offs_d
-    a2 = tl.load(a_ptr + ch[None, :] * N + offs_n[:, None], mask=mask_nd, other=0.0).to(tl.float32) * LOG2E
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + ch, mask=mask_d, other=0.0).to(tl.float32)
-    else:
-        bias = tl.zeros([BLOCK_D], dtype=tl.float32)
-    kk = k.to(tl.int64)
-    dl_base = dl_ptr + b * sdl_b + kk * sdl_k
-    c_base = c_ptr + b * sc_b + kk * sc_k
-    dy_base = dy_ptr + b * sdy_b + kk * sdy_k
-    t_lo = s * SEG
-    t_hi = tl.minimum(t_lo + SEG, L)
-    w = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
-    dsum = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for ti in tl.range(0, t_hi - t_lo, num_stages=STAGES):
-        t = t_hi - 1 - ti
-        p = _time_to_pos(t, k, L, H, W, CROSS)
-        raw = tl.load(dl_base + p * sdl_l + offs_d * sdl_d, mask=mask_d, other=0.0).to(tl.float32) + bias
-        dy = tl.load(dy_base + p * sdy_l + offs_d * sdy_d, mask=mask_d, other=0.0).to(tl.float32)
-        cm = tl.load(c_base + p * sc_l + offs_n * sc_n, mask=mask_n, other=0.0).to(tl.float32)
-        dlt = tl.where(mask_d, _delta(raw, SOFTPLUS), 0.0)
-        w = tl.exp2(a2 * dlt[None, :]) * (w + cm[:, None] * dy[None, :])
-        dsum += dlt
-    n_seg = tl.cdiv(L, SEG)
-    base = pid_bk.to(tl.int64) * n_seg + s
-    tl.store(v_ptr + base * DM * N + offs_n[:, None] * DM + offs_d[None, :], w, mask=mask_nd)
-    tl.store(dsum_ptr + base * DM + offs_d, dsum, mask=mask_d)
-
-
-@triton.jit
-def seg_adjoint_combine_kernel(
-    v_ptr, dsum_ptr, a_ptr, L, DM,
-    K: tl.constexpr, N: tl.constexpr, NP: tl.constexpr, SEG: tl.constexpr, BLOCK_D: tl.constexpr,
-):
-    """Turns the per-segment v_s of ``bwd_seg_adjoint_kernel`` into the carry arriving at each segment's end,
-    in place: w_in(n_seg - 1) = 0, w_in(s - 1) = exp(A dsum_s) w_in(s) + v_s (a walk over the segments)."""
-    pid_bk = tl.program_id(0)
-    pid_d = tl.program_id(1)
-    k = pid_bk % K
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    mask_d = offs_d < DM
-    offs_n = tl.arange(0, NP)
-    mask_n = offs_n < N
-    mask_nd = mask_n[:, None] & mask_d[None, :]
-    ch = k * DM + offs_d
-    a2 = tl.load(a_ptr + ch[None, :] * N + offs_n[:, None], mask=mask_nd, other=0.0).to(tl.float32) * LOG2E
-    n_seg = tl.cdiv(L, SEG)
-    v_base = v_ptr + pid_bk.to(tl.int64) * n_seg * DM * N
-    offs = offs_n[:, None] * DM + offs_d[None, :]
-    carry = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
-    for si in range(0, n_seg):
-        s = n_seg - 1 - si
-        if s > 0:
-            v = tl.load(v_base + s * DM * N + offs, mask=mask_nd, other=0.0)
-            dsum = tl.load(dsum_ptr + (pid_bk.to(tl.int64) * n_seg + s) * DM + offs_d, mask=mask_d, other=0.0)
-        else:
-            v = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
-            dsum = tl.zeros([BLOCK_D], dtype=tl.float32)
-        tl.debug_barrier()
-        tl.store(v_base + s * DM * N + offs, carry, mask=mask_nd)
-        carry = tl.exp2(a2 * dsum[None, :]) * carry + v

@@ -1,0 +1,102 @@
+#!/usr/bin/env python
+"""Compile the Triton SS2D kernels for an NVIDIA GPU on a machine without one and print their resources.
+
+Triton compiles ahead of time for a named target (``GPUTarget("cuda", 90, 32)`` = Hopper, e.g. H100/H200)
+without a GPU; the ``ptxas`` shipped in the triton wheel then reports registers and spills. Layout conversions
+(``ttg.convert_layout``, each a round trip through shared memory when it is not a no-op) are counted in the
+kernel's TritonGPU IR. Used to compare kernel variants before spending GPU time; the numbers come from the local
+Triton version, which may differ from the GPU machine's (docs/benchmarks.md says which was used where).
+
+    python scripts/triton_kernel_info.py                    # default tiles of every kernel, sm_90
+    python scripts/triton_kernel_info.py --arch 80 --dump /tmp/ir   # A100; also write the IR and PTX
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton's default; set to silence its warning
+
+
+def compile_kernel(fn, constexprs: dict, num_warps: int, arch: int):
+    """Compile ``fn`` with pointer arguments as fp32 pointers and the other runtime arguments as int32."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    sig = {name: ("constexpr" if name in constexprs else "*fp32" if name.endswith("_ptr") else "i32")
+           for name in fn.arg_names}
+    src = ASTSource(fn=fn, signature=sig,
+                    constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
+
+
+def ptxas_report(ptx: str, arch: int) -> str:
+    """Registers / spills of the PTX, from the ptxas bundled with triton (the newest one that accepts it)."""
+    import triton
+
+    bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    ptx_file = Path(os.environ.get("TMPDIR", "/tmp")) / "vmunet_kernel_info.ptx"
+    ptx_file.write_text(ptx)
+    for exe in ("ptxas-blackwell", "ptxas"):
+        if not (bin_dir / exe).exists():
+            continue
+        out = subprocess.run([str(bin_dir / exe), "-v", f"-arch=sm_{arch}a" if arch >= 90 else f"-arch=sm_{arch}",
+                              str(ptx_file), "-o", os.devnull], capture_output=True, text=True)
+        lines = [ln.split(":", 1)[-1].strip() for ln in out.stderr.splitlines() if "registers" in ln or "spill" in ln]
+        if out.returncode == 0 and lines:
+            return "; ".join(lines)
+    return "ptxas unavailable"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", type=int, default=90, help="compute capability x10 (90 = Hopper, 80 = Ampere)")
+    parser.add_argument("--dump", default=None, help="folder to write each kernel's TTGIR and PTX into")
+    args = parser.parse_args()
+
+    from vmunet_monai.ops import ss2d_triton as st
+    from vmunet_monai.ops import ss2d_triton_kernels as tile
+    from vmunet_monai.ops import ss2d_triton_seq_kernels as seq
+
+    cfg = st.get_config()
+    common = dict(K=4, N=16, NP=16, CROSS=True, SOFTPLUS=True, HAS_D=True, HAS_BIAS=True)
+    fwd_cps = cfg.seg_len // cfg.fwd_block_l
+    bwd_cps = cfg.seg_len // cfg.bwd_block_l
+    kernels = [
+        ("fwd_kernel (tile)", tile.fwd_kernel, cfg.fwd_warps,
+         dict(common, BLOCK_L=cfg.fwd_block_l, BLOCK_D=cfg.fwd_block_d, CPS=fwd_cps, SAVE_STATES=True)),
+        ("fwd_seq_kernel", seq.fwd_seq_kernel, cfg.fwd_warps,
+         dict(common, BLOCK_L=cfg.fwd_block_l, BLOCK_D=cfg.fwd_block_d, CPS=fwd_cps, SAVE_STATES=True,
+              STAGES=cfg.seq_stages)),
+        ("bwd_kernel (tile, 8x32, 4 warps)", tile.bwd_kernel, 4,
+         dict(common, BLOCK_L=8, BLOCK_D=32, CPS=cfg.seg_len // 8, REV_FLIP=False)),
+        ("bwd_seq_kernel", seq.bwd_seq_kernel, cfg.bwd_warps,
+         dict(common, BLOCK_L=cfg.bwd_block_l, BLOCK_D=cfg.bwd_block_d, CPS=bwd_cps, STAGES=cfg.seq_stages)),
+    ]
+    print(f"config {cfg}; target sm_{args.arch}")
+    for name, fn, warps, constexprs in kernels:
+        try:
+            compiled = compile_kernel(fn, constexprs, warps, args.arch)
+        except Exception as err:  # report and go on: one kernel failing to compile must not hide the others
+            print(f"  {name:34s} compile error: {type(err).__name__}: {str(err).splitlines()[0]}")
+            continue
+        ttgir = compiled.asm["ttgir"]
+        print(f"  {name:34s} warps {warps}: {ptxas_report(compiled.asm['ptx'], args.arch)}; "
+              f"{ttgir.count('ttg.convert_layout')} layout conversions, "
+              f"{ttgir.count('async_copy_global_to_local')} pipelined (async) loads")
+        if args.dump:
+            out = Path(args.dump)
+            out.mkdir(parents=True, exist_ok=True)
+            stem = fn.__name__
+            (out / f"{stem}.ttgir").write_text(ttgir)
+            (out / f"{stem}.ptx").write_text(compiled.asm["ptx"])
+
+
+if __name__ == "__main__":
+    main()
