@@ -4,6 +4,7 @@
 # Call E (e.sh): tl.range(num_stages) pipelining -> triton_check_seq_pipelined.log, bench_seq_fwd_seg16.* (benchmark with the sweep's recommendation)
 # Call F (f.sh): segment-parallel sequential backward (bwd_par) -> triton_check_bwd_par.log, bench_bwd_par8.*, pytest_triton_gpu.log
 # Call G (g.sh): final defaults (VMUNET_TRITON_SCAN=bwd_par=1) -> bench_final.*, curves.log, backend_loss_curves.json
+# Call H (h.sh): the committed code (de8c5c2): tests/test_triton_ss2d.py on the GPU -> pytest_triton_gpu_final.log
 
 ### env.sh
 # sourced by every GPU call script: environment on the device machine
@@ -54,3 +55,9 @@ export VMUNET_TRITON_SCAN=bwd_par=1
 setup || exit 1; echo "setup done at $(elapsed) s"
 timeout 220 python3 scripts/benchmark.py --device cuda --backends triton --dtype fp32,bf16 --no-scans --cuda-graph --json $OUT/bench.json > $OUT/bench.log 2>&1; echo "bench rc=$? at $(elapsed) s"; grep -v INFO $OUT/bench.log | tail -13
 timeout $(( 490 - $(elapsed) )) python3 scripts/compare_backend_training.py --data_dir .gpu/isic600 --backends triton mamba_ssm --steps 200 --amp bf16 --json $OUT/backend_loss_curves.json > $OUT/curves.log 2>&1; echo "curves rc=$? at $(elapsed) s"; tail -8 $OUT/curves.log
+
+### h.sh
+# call H (fourth session): the committed kernels (de8c5c2) on the GPU: the Triton backend's test file
+source .gpu/s/env.sh
+setup || exit 1; echo "setup done at $(elapsed) s"
+timeout $(( 270 - $(elapsed) )) python3 -m pytest -q -p no:cacheprovider tests/test_triton_ss2d.py -x -rs > $OUT/pytest_triton_gpu_final.log 2>&1; echo "pytest rc=$? at $(elapsed) s"; tail -4 $OUT/pytest_triton_gpu_final.log; grep -E "^E  |FAILED" $OUT/pytest_triton_gpu_final.log | head
