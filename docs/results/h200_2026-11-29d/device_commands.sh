@@ -1,5 +1,5 @@
 # Device calls of the fourth H200 session (2026-11-29, 20:1x-20:45 UTC), in order; env.sh was sourced by each.
-# Call D1 (d.sh, first version): first sequential backward ((BLOCK_D, N) state, no pipelining) -> triton_check_seq_v1.log
+# Call D1 (d.sh as below, with --bwd-only on the check): first sequential backward ((BLOCK_D, N) state, no pipelining) -> triton_check_seq_v1.log
 # Call D2 (d.sh): transposed (N, BLOCK_D) state + one-step manual prefetch, forward and backward -> triton_check_seq_transposed_prefetch.log
 # Call E (e.sh): tl.range(num_stages) pipelining -> triton_check_seq_pipelined.log, bench_seq_fwd_seg16.* (benchmark with the sweep's recommendation)
 # Call F (f.sh): segment-parallel sequential backward (bwd_par) -> triton_check_bwd_par.log, bench_bwd_par8.*, pytest_triton_gpu.log
