@@ -336,6 +336,12 @@ def selective_scan_fn(
         >>> selective_scan_fn(u, delta, A, B, C, D=torch.ones(8), delta_softplus=True, backend="torch").shape
         torch.Size([1, 8, 16])
     """
+    if z is None and not return_last_state and _compiling() and not _needs_grad(u, delta, A, B, C, D, delta_bias):
+        # compiled inference: one opaque custom op (the backends' buffers, ctypes calls and extensions would
+        # break the graph); it validates and dispatches exactly as below when it runs (scan_custom_op.py)
+        op = _scan_custom_op.selective_scan_op()
+        if op is not None:
+            return op(u, delta, A, B, C, D, delta_bias, bool(delta_softplus), backend)
     if not isinstance(backend, str):
         raise ValueError(f"backend must be a name (one of {list_backends()}), got {type(backend).__name__}.")
     if backend != "auto":
@@ -355,6 +361,20 @@ def selective_scan_fn(
         delta_softplus=delta_softplus,
         return_last_state=return_last_state,
     )
+
+
+def _compiling() -> bool:
+    """torch.compile is tracing (not torch.export: exported programs keep the traceable scan, e.g. for ONNX)."""
+    compiler = getattr(torch, "compiler", None)
+    is_compiling = getattr(compiler, "is_compiling", None)
+    is_exporting = getattr(compiler, "is_exporting", None)
+    if is_compiling is None or not is_compiling():
+        return False
+    return not (is_exporting is not None and is_exporting())
+
+
+def _needs_grad(*tensors: torch.Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _always(x: torch.Tensor) -> bool:
@@ -418,3 +438,6 @@ def _register_builtin() -> None:
 
 
 _register_builtin()
+
+
+from . import scan_custom_op as _scan_custom_op  # noqa: E402  (registers the op; needs this module)

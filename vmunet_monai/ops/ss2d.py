@@ -101,12 +101,17 @@ def ss2d_core(
     Returns:
         ``(B, H, W, D)`` float32.
     """
-    from vmunet_monai.ops.backends import get_backend, resolve_backend_name
+    from vmunet_monai.ops.backends import _compiling, _needs_grad, get_backend, resolve_backend_name
 
     params = (x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
+    if (_compiling() and x.device.type == "cpu" and not _needs_grad(x, *params)
+            and (backend == "auto" or get_backend(backend).fused_core is None)):
+        # compiled CPU inference: the backend is resolved when the scan's custom op runs (the availability
+        # probes load a C library, which torch.compile cannot trace); fused cores never run on CPU by "auto"
+        return ss2d_core_generic(x, *params, backend=backend)
     # "auto" -> the fastest available here (logged once). On CUDA that is the fused triton core for training
-    # and inference alike: measured on an H200 (docs/benchmarks.md) it trains at 143 img/s fp32 / 186 bf16
-    # against mamba_ssm's 143 / 178 and infers at 944-1102 against 512-557, with a deterministic backward.
+    # and inference alike: measured on an H200 (docs/benchmarks.md) it trains at 206 img/s fp32 / 260 bf16
+    # against mamba_ssm's 143 / 178 and infers at 951-1095 against 512-557, with a deterministic backward.
     name = resolve_backend_name(backend, x)
     fused = get_backend(name).fused_core
     if fused is not None:
