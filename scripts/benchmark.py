@@ -39,6 +39,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-scans", action="store_true", help="skip timing the selective scan alone")
     parser.add_argument("--cuda-graph", "--cuda_graph", action="store_true",
                         help="CUDA: also time latency and inference replayed as CUDA graphs")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the forwards under torch.compile(fullgraph=True)")
     parser.add_argument(
         "--model-kwargs", default=None, help='JSON dict of VMUNet arguments, e.g. \'{"dims": [8,16,32,64]}\''
     )
@@ -62,6 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
         train_reference=args.train_reference,
         scans=not args.no_scans,
         cuda_graph=args.cuda_graph,
+        compile=args.compile,
         model_kwargs=json.loads(args.model_kwargs) if args.model_kwargs else None,
     )
 

@@ -132,3 +132,14 @@ def test_script_help_runs():
         [sys.executable, str(REPO / "scripts" / "benchmark.py"), "--help"], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0 and "--train-batch-size" in proc.stdout
+
+
+def test_compiled_rows_match_the_ordinary_forward():
+    """--compile: the forward under torch.compile(fullgraph=True) is timed and gives the ordinary forward's output."""
+    report = benchmark(device="cpu", backends="torch", image_size=32, repeats=1, warmup=0, train=False, scans=False,
+                       macs=False, compile=True, model_kwargs=SMALL, quiet=True)
+    rows = {r["mode"]: r for r in report["results"]}
+    assert set(rows) == {"latency", "latency_compiled"}
+    assert "skipped" not in rows["latency_compiled"], rows["latency_compiled"].get("skipped")
+    assert rows["latency_compiled"]["time_ms_median"] > 0
+    assert rows["latency_compiled"]["max_abs_diff"] < 1e-4

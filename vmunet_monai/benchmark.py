@@ -385,6 +385,7 @@ def benchmark(
     scans: bool = True,
     macs: bool = True,
     cuda_graph: bool = False,
+    compile: bool = False,
     model_kwargs: dict | None = None,
     seed: int = 0,
     quiet: bool = False,
@@ -424,6 +425,10 @@ def benchmark(
         macs: count MACs.
         cuda_graph: on CUDA, also time latency and inference replayed as a CUDA graph
             (:class:`vmunet_monai.networks.CUDAGraphModule`; modes ``latency_graph`` and ``inference_graph``).
+        compile: also time the forwards under ``torch.compile(fullgraph=True)`` (modes ``latency_compiled``,
+            ``inference_compiled``); compilation happens before timing, a model that does not compile gets a row
+            with the reason. (Compiled training of the generic backends breaks the graph around the scan and
+            recompiles; it is not timed.)
         model_kwargs: extra ``VMUNet`` arguments (e.g. a small configuration); default: the paper model.
         seed: seed of the weights and inputs.
         quiet: do not print.
@@ -542,6 +547,11 @@ def benchmark(
                     _graph_rows(model, x_latency, throughput_batch_size, amp, dev, repeats, warmup, gen, out, row_base, quiet)
                 )
 
+            # the same forwards under torch.compile
+            if compile:
+                results.extend(_compiled_rows(model, x_latency, throughput_batch_size, amp, dev, repeats, warmup, gen,
+                                              out, row_base, quiet))
+
             # training step
             if train_batch_size and (backend != "reference" or train_reference):
                 model.train()
@@ -624,6 +634,39 @@ def _graph_rows(model, x_latency, throughput_batch_size, amp, dev, repeats, warm
         rows.append(row)
         _log_row(row, quiet)
     graphed.reset()
+    return rows
+
+
+def _compiled_rows(model, x_latency, throughput_batch_size, amp, dev, repeats, warmup, gen, plain_out, row_base,
+                   quiet):
+    """Latency and inference rows with the model under ``torch.compile(fullgraph=True)`` (inference compiles
+    without graph breaks: vmunet_monai/ops/scan_custom_op.py); compiled before timing."""
+    rows = []
+    torch._dynamo.reset()  # a fresh compile per (backend, precision)
+    compiled = torch.compile(model, fullgraph=True)
+    inputs = [("latency_compiled", x_latency)]
+    if throughput_batch_size:
+        inputs.append(("inference_compiled", torch.randn(throughput_batch_size, *x_latency.shape[1:],
+                                                         generator=gen).to(dev)))
+    for mode, x in inputs:
+
+        def forward_compiled(x=x):
+            with torch.no_grad(), _autocast(dev, amp):
+                return compiled(x)
+
+        try:
+            forward_compiled()  # compile outside the timed region
+        except Exception as err:  # a model that does not compile is reported, not fatal
+            rows.append({**row_base, "mode": mode, "skipped": f"compile failed: {type(err).__name__}: {err}"[:500]})
+            continue
+        with peak_memory_tracker(dev) as mem:
+            times = _time_calls(forward_compiled, dev, repeats, warmup)
+        row = {**row_base, "mode": mode, "batch": x.shape[0], **_stats(times, x.shape[0]), "peak_mem_mib": mem.peak_mib}
+        if mode == "latency_compiled":
+            row["max_abs_diff"] = float((forward_compiled().float() - plain_out).abs().max())
+            row["diff_vs"] = "ordinary forward"
+        rows.append(row)
+        _log_row(row, quiet)
     return rows
 
 
