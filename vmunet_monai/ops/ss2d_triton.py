@@ -264,7 +264,8 @@ def _kernels():
     from . import ss2d_triton_kernels as kern
     from . import ss2d_triton_seq_kernels as seq
 
-    return kern.fwd_kernel, kern.bwd_kernel, seq.fwd_seq_kernel, seq.bwd_seq_kernel
+    return {"fwd": kern.fwd_kernel, "bwd": kern.bwd_kernel,
+            "fwd_seq": seq.fwd_seq_kernel, "bwd_seq": seq.bwd_seq_kernel}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -290,7 +291,7 @@ def _next_pow2(n: int) -> int:
 
 def _scan_forward(u4, dl4, b4, c4, A, Dskip, bias, H, W, cross, softplus, save_states, cfg):
     """Run the forward kernel. All 4D tensors are views indexed (b, k, l, d|n)."""
-    fwd_kernel = _kernels()[2 if cfg.fwd_seq else 0]
+    fwd_kernel = _kernels()["fwd_seq" if cfg.fwd_seq else "fwd"]
     Bsz, K, L, DM = dl4.shape
     N = A.shape[1]
     y4_store = torch.empty((K, Bsz, L, DM), device=dl4.device, dtype=torch.float32)
@@ -325,7 +326,7 @@ def _scan_backward(u4, dl4, b4, c4, A, Dskip, bias, dy4, states, du4, H, W, cros
     ``grad_dtype`` (default: the inputs' dtype) is the dtype of ddelta and of the dB/dC partials: the 16-bit
     activation dtype when the kernels read fp32 copies of 16-bit activations (``upcast_16bit``).
     """
-    bwd_kernel = _kernels()[3 if cfg.bwd_seq else 1]
+    bwd_kernel = _kernels()["bwd_seq" if cfg.bwd_seq else "bwd"]
     Bsz, K, L, DM = dl4.shape
     N = A.shape[1]
     NP = _next_pow2(N)
@@ -341,7 +342,6 @@ def _scan_backward(u4, dl4, b4, c4, A, Dskip, bias, dy4, states, du4, H, W, cros
     part_dtype = _partial_dtype(grad_dtype)
     db_part = torch.empty((n_dblk, Bsz, K, L, N), device=dev, dtype=part_dtype)
     dc_part = torch.empty((n_dblk, Bsz, K, L, N), device=dev, dtype=part_dtype)
-    dummy = A
     da_part = torch.empty((Bsz, K * DM, N), device=dev, dtype=torch.float32)
     dd_part = torch.empty((Bsz, K * DM), device=dev, dtype=torch.float32)
     # program-private scratch: tile kernel, the states at the tile starts of a segment; sequential kernel,
@@ -351,6 +351,7 @@ def _scan_backward(u4, dl4, b4, c4, A, Dskip, bias, dy4, states, du4, H, W, cros
                           device=dev, dtype=torch.float32)
     seq_kw = {"STAGES": cfg.seq_stages} if cfg.bwd_seq else {"REV_FLIP": bool(cfg.bwd_rev_flip)}
     grid = (Bsz * K, n_dblk)
+    dummy = A  # stands in for absent D / bias (never read: HAS_D / HAS_BIAS are False then)
     _LAST_LAUNCH["bwd"] = bwd_kernel[grid](
         u4, dl4, b4, c4, A, Dskip if Dskip is not None else dummy, bias if bias is not None else dummy,
         dy4, states, scratch, du4, ddl4, db_part, dc_part, da_part, dd_part,
