@@ -458,11 +458,11 @@ def timings(batch):
 # ---------------------------------------------------------------------------------------------------
 
 # (BLOCK_L, BLOCK_D, warps, sequential): sequential=1 is the one-step-per-iteration forward (fwd_seq=1)
-FWD_CANDIDATES = [(16, 16, 4, 0), (16, 128, 4, 1), (16, 32, 1, 1)]
+FWD_CANDIDATES = [(16, 16, 4, 0), (16, 128, 4, 1), (16, 32, 1, 1), (16, 64, 2, 1), (16, 16, 1, 1)]
 # (BLOCK_L, BLOCK_D, warps, sequential): sequential=1 is bwd_seq_kernel, BLOCK_L its sub-segment length
-BWD_CANDIDATES = [(16, 32, 1, 1), (16, 64, 2, 1), (8, 32, 1, 1), (8, 32, 4, 0)]
-# extra columns of the default-config timings (section 4): the tile backward, the sequential forward
-SEQ_COLUMNS = [("tile bwd", dict(bwd_seq=0, bwd_block_l=8, bwd_warps=4)), ("seq fwd", dict(fwd_seq=1, fwd_block_d=128))]
+BWD_CANDIDATES = [(16, 32, 1, 1), (16, 16, 1, 1), (16, 64, 2, 1), (8, 32, 1, 1)]
+# extra columns of the default-config timings (section 4): softplus inside the scan kernels, the sequential forward
+SEQ_COLUMNS = [("softplus in scan", dict(pre_softplus=0)), ("seq fwd", dict(fwd_seq=1, fwd_block_d=32, fwd_warps=1))]
 
 
 def sweep(batch, budget_s, bwd_only=False):
@@ -639,7 +639,7 @@ def main() -> None:
         log("  !! default parity failed but the flip fallback passes: using bwd_rev_flip=1 for the rest of this run "
             "(set VMUNET_TRITON_SCAN=...,bwd_rev_flip=1)")
     for cfg in (dict(fwd_block_l=16, bwd_block_l=16, seg_len=16), dict(fwd_block_l=64, bwd_block_l=8, seg_len=256),
-                dict(upcast_16bit=0)):
+                dict(upcast_16bit=0), dict(pre_softplus=0)):
         before = st.get_config()
         st.set_config(**cfg)
         log(f"  config {cfg}:")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -29,9 +30,15 @@ def compile_kernel(fn, constexprs: dict, num_warps: int, arch: int):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    # Specialise the way a launch does: the channel / state strides of the scan's tensors are 1 (Triton turns an
+    # int argument equal to 1 into the constant 1, which makes the loads vectorisable) and the pointers and the
+    # other integers of the 256x256 paper network are multiples of 16 (the ``tt.divisibility`` hint)
+    unit = {name for name in fn.arg_names if re.fullmatch(r"s[a-z]+_[dn]", name)}
+    constexprs = dict(constexprs, **{name: 1 for name in unit})
     sig = {name: ("constexpr" if name in constexprs else "*fp32" if name.endswith("_ptr") else "i32")
            for name in fn.arg_names}
-    src = ASTSource(fn=fn, signature=sig,
+    attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names) if sig[name] != "constexpr"}
+    src = ASTSource(fn=fn, signature=sig, attrs=attrs,
                     constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
 
@@ -65,7 +72,8 @@ def main() -> None:
     from vmunet_monai.ops import ss2d_triton_seq_kernels as seq
 
     cfg = st.get_config()
-    common = dict(K=4, N=16, NP=16, CROSS=True, SOFTPLUS=True, HAS_D=True, HAS_BIAS=True)
+    pre = bool(cfg.pre_softplus)  # softplus(delta + bias) outside the scan kernels
+    common = dict(K=4, N=16, NP=16, H=64, W=64, CROSS=True, SOFTPLUS=not pre, HAS_D=True, HAS_BIAS=not pre)
     fwd_cps = cfg.seg_len // cfg.fwd_block_l
     bwd_cps = cfg.seg_len // cfg.bwd_block_l
     kernels = [

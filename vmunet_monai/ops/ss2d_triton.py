@@ -98,6 +98,9 @@ class ScanConfig:
             the tile kernel with scans over ``bwd_block_l`` steps.
         seq_stages: software-pipelining depth of the sequential kernels' time loops (``tl.range(num_stages=...)``:
             the loads of ``seq_stages - 1`` later steps are in flight while a step is computed); 1 = none.
+        pre_softplus: 1 = the SS2D core computes ``softplus(delta + dt_bias)`` once, into the fp32 delta the
+            kernels read (one elementwise kernel; its chain rule is another after the backward), instead of in
+            the scan kernels at every time step of every pass (three passes in the backward). Same maths.
         upcast_16bit: 1 = under autocast, hand the kernels transient fp32 copies of the 16-bit activations
             (u, delta, B, C); their gradients still leave the kernels in the 16-bit dtype. The kernels compute in
             fp32 either way, so results are identical; 0 = let the kernels load 16-bit values themselves (1.9x
@@ -125,6 +128,7 @@ class ScanConfig:
     upcast_16bit: int = 1
     bwd_seq: int = 1
     seq_stages: int = 4
+    pre_softplus: int = 1
 
     def validate(self) -> "ScanConfig":
         for f in ("fwd_block_l", "fwd_block_d", "bwd_block_l", "bwd_block_d"):
@@ -265,7 +269,8 @@ def _kernels():
     from . import ss2d_triton_seq_kernels as seq
 
     return {"fwd": kern.fwd_kernel, "bwd": kern.bwd_kernel,
-            "fwd_seq": seq.fwd_seq_kernel, "bwd_seq": seq.bwd_seq_kernel}
+            "fwd_seq": seq.fwd_seq_kernel, "bwd_seq": seq.bwd_seq_kernel,
+            "softplus": kern.softplus_delta_kernel, "softplus_grad": kern.softplus_grad_kernel}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -428,15 +433,45 @@ def _kernel_dtype(cfg: ScanConfig, *tensors: torch.Tensor):
     return tuple(t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in tensors)
 
 
+_SOFTPLUS_BLOCK = 1024
+
+
+def _softplus_delta(raw: torch.Tensor, delta_bias: torch.Tensor) -> torch.Tensor:
+    """softplus(raw + bias) as a new fp32 tensor; raw is a contiguous (K, B, L, D) delta, bias (K * D,)."""
+    k, dm = raw.shape[0], raw.shape[-1]
+    per_k = raw.numel() // k
+    out = torch.empty(raw.shape, device=raw.device, dtype=torch.float32)
+    _kernels()["softplus"][(triton_cdiv(per_k, _SOFTPLUS_BLOCK), k)](
+        raw, delta_bias, out, per_k, dm, BLOCK=_SOFTPLUS_BLOCK)
+    return out
+
+
+def _softplus_grad_(grad: torch.Tensor, raw: torch.Tensor, delta_bias: torch.Tensor) -> torch.Tensor:
+    """grad *= softplus'(raw + bias), in place; grad and raw are contiguous (K, B, L, D)."""
+    k, dm = raw.shape[0], raw.shape[-1]
+    per_k = raw.numel() // k
+    _kernels()["softplus_grad"][(triton_cdiv(per_k, _SOFTPLUS_BLOCK), k)](
+        grad, raw, delta_bias, per_k, dm, BLOCK=_SOFTPLUS_BLOCK)
+    return grad
+
+
+def _kernel_delta(cfg: ScanConfig, delta: torch.Tensor, delta_bias: torch.Tensor):
+    """(delta as the scan kernels read it, the bias they add, whether they apply softplus)."""
+    if cfg.pre_softplus:
+        return _softplus_delta(delta, delta_bias), None, False
+    return _kernel_dtype(cfg, delta)[0], delta_bias, True
+
+
 def _ss2d_fwd_impl(u, x_dbl, dt_w, A, Ds, delta_bias, H, W, cfg_list, save_states):
     """Forward of the fused core: (y (B, L, D) fp32, saved states or a 1-element placeholder)."""
     cfg = _cfg_from_list(cfg_list)
     r = dt_w.shape[2]
     n = A.shape[1]
     _, delta = _ss2d_delta(x_dbl, dt_w, r)
-    u, x_dbl, delta = _kernel_dtype(cfg, u, x_dbl, delta)
+    u, x_dbl = _kernel_dtype(cfg, u, x_dbl)
+    delta, bias, softplus = _kernel_delta(cfg, delta, delta_bias)
     u4, dl4, b4, c4 = _ss2d_views(u, x_dbl, delta, r, n)
-    y_parts, states = _scan_forward(u4, dl4, b4, c4, A, Ds, delta_bias, H, W, True, True, save_states, cfg)
+    y_parts, states = _scan_forward(u4, dl4, b4, c4, A, Ds, bias, H, W, True, softplus, save_states, cfg)
     return y_parts.sum(0), states
 
 
@@ -449,9 +484,12 @@ def _ss2d_bwd_impl(dy, u, x_dbl, dt_w, A, Ds, delta_bias, states, H, W, cfg_list
     r = dt_w.shape[2]
     n = A.shape[1]
     # delta is recomputed rather than saved: it is the largest tensor of the core (K x the activation)
-    dts, delta = _ss2d_delta(x_dbl, dt_w, r)
-    k, bsz, length, dm = delta.shape
-    uk, xk, delta = _kernel_dtype(cfg, u, x_dbl, delta)
+    dts, delta_raw = _ss2d_delta(x_dbl, dt_w, r)
+    k, bsz, length, dm = delta_raw.shape
+    # the backward's tiles may differ from the forward's, never the softplus placement (same delta, same maths)
+    cfg = replace(cfg, pre_softplus=fwd_cfg.pre_softplus)
+    uk, xk = _kernel_dtype(cfg, u, x_dbl)
+    delta, bias, softplus = _kernel_delta(cfg, delta_raw, delta_bias)
     u4, dl4, b4, c4 = _ss2d_views(uk, xk, delta, r, n)
     dy = dy.contiguous()
     dy4 = dy.unsqueeze(1).expand(bsz, k, length, dm)
@@ -460,9 +498,11 @@ def _ss2d_bwd_impl(dy, u, x_dbl, dt_w, A, Ds, delta_bias, states, H, W, cfg_list
     du_parts = torch.empty((k, bsz, length, dm), device=u.device, dtype=_partial_dtype(u.dtype))
     du4 = du_parts.permute(1, 0, 2, 3)
     ddelta, db, dc, dA, dD = _scan_backward(
-        u4, dl4, b4, c4, A, Ds, delta_bias, dy4, states, du4, H, W, True, True, cfg, fwd_cfg,
+        u4, dl4, b4, c4, A, Ds, bias, dy4, states, du4, H, W, True, softplus, cfg, fwd_cfg,
         grad_dtype=x_dbl.dtype)
     del delta, uk, xk
+    if not softplus:  # the kernels returned dLoss/d softplus(delta + bias)
+        _softplus_grad_(ddelta, delta_raw, delta_bias)
     du = du_parts.sum(0, dtype=torch.float32).to(u.dtype)
     d_bias = ddelta.sum((1, 2), dtype=torch.float32).reshape(-1)
     # dt projection backward (the GEMMs autograd would have run), in the activations' dtype

@@ -60,7 +60,7 @@ def _program_setup(a_ptr, dskip_ptr, bias_ptr, DM, K: tl.constexpr, N: tl.conste
 @triton.jit
 def fwd_seq_kernel(
     u_ptr, dl_ptr, b_ptr, c_ptr, a_ptr, dskip_ptr, bias_ptr, y_ptr, st_ptr,
-    L, H, W, DM, NSLOT,
+    L, H: tl.constexpr, W: tl.constexpr, DM, NSLOT,
     su_b, su_k, su_l, su_d,
     sdl_b, sdl_k, sdl_l, sdl_d,
     sb_b, sb_k, sb_l, sb_n,
@@ -106,7 +106,7 @@ def fwd_seq_kernel(
 def bwd_seq_kernel(
     u_ptr, dl_ptr, b_ptr, c_ptr, a_ptr, dskip_ptr, bias_ptr, dy_ptr, st_ptr, scr_ptr,
     du_ptr, ddl_ptr, db_ptr, dc_ptr, da_ptr, dd_ptr,
-    L, H, W, DM, NSLOT,
+    L, H: tl.constexpr, W: tl.constexpr, DM, NSLOT,
     su_b, su_k, su_l, su_d,
     sdl_b, sdl_k, sdl_l, sdl_d,
     sb_b, sb_k, sb_l, sb_n,
@@ -147,7 +147,7 @@ def bwd_seq_kernel(
     pid_lin = pid_bk.to(tl.int64) * tl.num_programs(1) + pid_d
     scr_base = scr_ptr + pid_lin * (CPS + BLOCK_L) * NP * BLOCK_D  # sub-segment start states
     hist_base = scr_base + CPS * NP * BLOCK_D  # h_{t-1} of each step of the current sub-segment
-    scr_offs = offs_n[:, None] * BLOCK_D + tl.arange(0, BLOCK_D)[None, :]
+    scr_offs = tl.arange(0, BLOCK_D)[None, :] * NP + offs_n[:, None]
     STATE: tl.constexpr = NP * BLOCK_D
 
     w = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
