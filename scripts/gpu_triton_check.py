@@ -461,8 +461,18 @@ def timings(batch):
 FWD_CANDIDATES = [(16, 16, 4, 0), (16, 128, 4, 1), (16, 32, 1, 1), (16, 64, 2, 1), (16, 16, 1, 1)]
 # (BLOCK_L, BLOCK_D, warps, sequential): sequential=1 is bwd_seq_kernel, BLOCK_L its sub-segment length
 BWD_CANDIDATES = [(16, 32, 1, 1), (16, 16, 1, 1), (16, 64, 2, 1), (8, 32, 1, 1)]
-# extra columns of the default-config timings (section 4): softplus inside the scan kernels, the sequential forward
-SEQ_COLUMNS = [("softplus in scan", dict(pre_softplus=0)), ("seq fwd", dict(fwd_seq=1, fwd_block_d=32, fwd_warps=1))]
+# extra columns of the default-config timings (section 4): softplus inside the scan kernels, the tile forward
+SEQ_COLUMNS = [("softplus in scan", dict(pre_softplus=0)), ("tile fwd", dict(fwd_seq=0))]
+
+
+def _fwd_kw(cand):
+    """ScanConfig fields of a forward candidate (BLOCK_L, BLOCK_D, warps, sequential); None: keep the default."""
+    if cand is None:
+        return {}
+    bl, bd, nw, seq = cand
+    if seq:
+        return dict(fwd_block_l=bl, fwd_seq=1, fwd_seq_block_d=bd, fwd_seq_warps=nw)
+    return dict(fwd_block_l=bl, fwd_seq=0, fwd_block_d=bd, fwd_warps=nw)
 
 
 def sweep(batch, budget_s, bwd_only=False):
@@ -479,7 +489,7 @@ def sweep(batch, budget_s, bwd_only=False):
             log("  (budget reached, sweep stopped)")
             break
         seg = max(default.seg_len, bl, default.bwd_block_l)
-        st.set_config(default, fwd_block_l=bl, fwd_block_d=bd, fwd_warps=nw, seg_len=seg, fwd_seq=seq)
+        st.set_config(default, **_fwd_kw((bl, bd, nw, seq)), seg_len=seg)
         cells, total = [], 0.0
         for h, w, d, r, nblk in STAGES:
             res = guarded(f"sweep fwd {bl},{bd},{nw},{seq} {h}x{w}")(
@@ -495,9 +505,9 @@ def sweep(batch, budget_s, bwd_only=False):
         info = st.kernel_info().get("fwd", {})
         fwd_scores[(bl, bd, nw, seq)] = total
         log(f"  {(f'seq,{bd},{nw}' if seq else f'{bl},{bd},{nw}'):>14} " + " ".join(cells) + f" {total:>10.2f}  {info.get('n_regs')}/{info.get('n_spills')}")
-    fbest = min(fwd_scores, key=fwd_scores.get) if fwd_scores else (default.fwd_block_l, default.fwd_block_d,
-                                                                      default.fwd_warps, default.fwd_seq)
-    log(f"  best forward overall: BL,BD,warps,sequential = {fbest}")
+    fbest = min(fwd_scores, key=fwd_scores.get) if fwd_scores else None  # None: the default forward
+    log(f"  best forward overall: BL,BD,warps,sequential = {fbest or 'not swept (default)'}")
+    fwd_l = fbest[0] if fbest else default.fwd_block_l
 
     log("  forward+backward (bf16 training) ms per stage with the best forward; regs/spills of the backward kernel")
     bwd_scores = {}
@@ -505,8 +515,8 @@ def sweep(batch, budget_s, bwd_only=False):
         if time.time() - T0 > budget_s:
             log("  (budget reached, sweep stopped)")
             break
-        seg = max(default.seg_len, bl, fbest[0])
-        st.set_config(default, fwd_block_l=fbest[0], fwd_block_d=fbest[1], fwd_warps=fbest[2], fwd_seq=fbest[3],
+        seg = max(default.seg_len, bl, fwd_l)
+        st.set_config(default, **_fwd_kw(fbest),
                       bwd_block_l=bl, bwd_block_d=bd, bwd_warps=nw, seg_len=seg, bwd_seq=bseq)
         cells, total = [], 0.0
         for h, w, d, r, nblk in STAGES:
@@ -527,12 +537,12 @@ def sweep(batch, budget_s, bwd_only=False):
                                                                       default.bwd_warps, default.bwd_seq)
     # software-pipelining depth of the sequential kernels' time loops
     stages_best = default.seq_stages
-    if (fbest[3] or bbest[3]) and time.time() - T0 < budget_s:
+    if ((fbest and fbest[3]) or bbest[3]) and time.time() - T0 < budget_s:
         stage_scores = {}
         for ns in (1, 2, 3, 4, 6):
             if time.time() - T0 > budget_s:
                 break
-            st.set_config(default, fwd_block_l=fbest[0], fwd_block_d=fbest[1], fwd_warps=fbest[2], fwd_seq=fbest[3],
+            st.set_config(default, **_fwd_kw(fbest),
                           bwd_block_l=bbest[0], bwd_block_d=bbest[1], bwd_warps=bbest[2], bwd_seq=bbest[3],
                           seq_stages=ns)
             cells, total = [], 0.0
@@ -546,10 +556,10 @@ def sweep(batch, budget_s, bwd_only=False):
         stages_best = min(stage_scores, key=stage_scores.get) if stage_scores else stages_best
     # seg_len: memory vs recomputation
     seg_res = []
-    for seg in sorted({max(v, fbest[0], bbest[0]) for v in (bbest[0], 64, 128, 256)}):
+    for seg in sorted({max(v, fwd_l, bbest[0]) for v in (bbest[0], 64, 128, 256)}):
         if time.time() - T0 > budget_s:
             break
-        st.set_config(default, fwd_block_l=fbest[0], fwd_block_d=fbest[1], fwd_warps=fbest[2], fwd_seq=fbest[3],
+        st.set_config(default, **_fwd_kw(fbest),
                       bwd_block_l=bbest[0], bwd_block_d=bbest[1], bwd_warps=bbest[2], bwd_seq=bbest[3], seg_len=seg,
                       seq_stages=stages_best)
         h, w, d, r, _ = STAGES[0]
@@ -558,9 +568,9 @@ def sweep(batch, budget_s, bwd_only=False):
         if res is not None:
             seg_res.append((seg, res))
             log(f"  seg_len={seg}: stage-1 bf16 train {res[0]:.3f} ms, peak extra {res[1]:.0f} MiB")
-    if bbest[0] < fbest[0] and time.time() - T0 < budget_s:
+    if bbest[0] < fwd_l and time.time() - T0 < budget_s:
         # a state saved per backward tile (no recomputation pass) needs the forward's tiles that short too
-        st.set_config(default, fwd_block_l=bbest[0], fwd_block_d=fbest[1], fwd_warps=fbest[2], fwd_seq=fbest[3],
+        st.set_config(default, **{**_fwd_kw(fbest), "fwd_block_l": bbest[0]},
                       bwd_block_l=bbest[0], bwd_block_d=bbest[1], bwd_warps=bbest[2], bwd_seq=bbest[3], seg_len=bbest[0])
         h, w, d, r, _ = STAGES[0]
         res = guarded("seg per tile")(time_stage, "triton", lambda x, p: st.ss2d_scan_triton(x, *p), batch, h, w, d,
@@ -573,8 +583,9 @@ def sweep(batch, budget_s, bwd_only=False):
     seg_best = max((sg for sg, r in seg_res if r[0] <= 1.03 * fastest), default=default.seg_len)
     log("  per-stage best forward: " + ", ".join(f"{h}/{d}: {v[1]} {v[0]:.3f}ms" for (h, d), v in best_fwd.items()))
     log("  per-stage best fwd+bwd: " + ", ".join(f"{h}/{d}: {v[1]} {v[0]:.3f}ms" for (h, d), v in best_bwd.items()))
-    rec = (f"fwd_block_l={fbest[0]},fwd_block_d={fbest[1]},fwd_warps={fbest[2]},fwd_seq={fbest[3]},"
-           f"bwd_block_l={bbest[0]},"
+    # a sequential forward is recommended as fwd_seq=2: at batch 1 it would walk the sequence in a few programs
+    fwd_rec = {**_fwd_kw(fbest), "fwd_seq": 2} if fbest and fbest[3] else _fwd_kw(fbest)
+    rec = ("".join(f"{k}={v}," for k, v in fwd_rec.items()) + f"bwd_block_l={bbest[0]},"
            f"bwd_block_d={bbest[1]},bwd_warps={bbest[2]},bwd_seq={bbest[3]},seg_len={seg_best},seq_stages={stages_best}"
            + (",bwd_rev_flip=1" if default.bwd_rev_flip else ""))
     log(f"  RECOMMENDED: VMUNET_TRITON_SCAN={rec}")

@@ -79,8 +79,8 @@ def main() -> None:
     kernels = [
         ("fwd_kernel (tile)", tile.fwd_kernel, cfg.fwd_warps,
          dict(common, BLOCK_L=cfg.fwd_block_l, BLOCK_D=cfg.fwd_block_d, CPS=fwd_cps, SAVE_STATES=True)),
-        ("fwd_seq_kernel", seq.fwd_seq_kernel, cfg.fwd_warps,
-         dict(common, BLOCK_L=cfg.fwd_block_l, BLOCK_D=cfg.fwd_block_d, CPS=fwd_cps, SAVE_STATES=True,
+        ("fwd_seq_kernel", seq.fwd_seq_kernel, cfg.fwd_seq_warps,
+         dict(common, BLOCK_L=cfg.fwd_block_l, BLOCK_D=cfg.fwd_seq_block_d, CPS=fwd_cps, SAVE_STATES=True,
               STAGES=cfg.seq_stages)),
         ("bwd_kernel (tile, 8x32, 4 warps)", tile.bwd_kernel, 4,
          dict(common, BLOCK_L=8, BLOCK_D=32, CPS=cfg.seg_len // 8, REV_FLIP=False)),

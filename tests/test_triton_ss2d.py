@@ -9,6 +9,7 @@ shapes; with CUDA the same tests run on the GPU with larger shapes, odd sizes an
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -124,8 +125,10 @@ else:
 @pytest.mark.parametrize("bwd_seq", [0, 1])
 @pytest.mark.parametrize("b,h,w,d,n,r", SS2D_CASES)
 def test_ss2d_forward_and_gradients_match_reference(b, h, w, d, n, r, bwd_seq):
-    """Both backward kernels (tile, sequential) against the reference."""
-    st.set_config(SMALL_CFG if b == 1 else MID_CFG if not CUDA else st.ScanConfig(), bwd_seq=bwd_seq)
+    """Both kernel pairs against the reference: tile forward + tile backward, sequential forward + sequential
+    backward (the forwards fwd_seq=2 picks between are both forced here: these shapes are small)."""
+    st.set_config(SMALL_CFG if b == 1 else MID_CFG if not CUDA else st.ScanConfig(), bwd_seq=bwd_seq, fwd_seq=bwd_seq,
+                  fwd_seq_block_d=4 if not CUDA else 32)
     torch.manual_seed(0)
     params = make_params(d, n, r)
     x = torch.randn(b, h, w, d, device=DEVICE, requires_grad=True)
@@ -327,14 +330,15 @@ def test_sequential_backward_matches_reference(seg_len, bwd_block_l):
 
 
 def test_sequential_forward_matches_chunked():
-    """fwd_seq=1 (one time step per iteration) gives the chunked forward's outputs and saved states."""
+    """fwd_seq=1 (one time step per iteration) gives the chunked forward's outputs and gradients (the backward
+    starts from the states it saved)."""
     torch.manual_seed(9)
     b, h, w, d, n, r = (1, 3, 5, 6, 4, 2) if not CUDA else (2, 19, 23, 96, 16, 6)
     params = make_params(d, n, r)
     x = torch.randn(b, h, w, d, device=DEVICE, requires_grad=True)
     # a short seg_len so that the forward saves several states (t = 0, 8 and the end) for the backward
-    base = st.ScanConfig(fwd_block_l=4, fwd_block_d=8, bwd_block_l=8, bwd_block_d=8, seg_len=8) if not CUDA \
-        else st.ScanConfig()
+    base = st.ScanConfig(fwd_block_l=4, fwd_block_d=8, fwd_seq_block_d=4, bwd_block_l=8, bwd_block_d=8, seg_len=8) \
+        if not CUDA else st.ScanConfig()
     results = []
     for seq in (0, 1):
         st.set_config(base, fwd_seq=seq)
@@ -342,6 +346,21 @@ def test_sequential_forward_matches_chunked():
         results.append([y.detach(), *torch.autograd.grad(y.square().sum(), [x, *params])])
     for name, a, c in zip(["y"] + NAMES, *results):
         assert rel_err(a, c) < 1e-5, name
+
+
+def test_forward_kernel_choice_follows_the_program_count(monkeypatch):
+    """fwd_seq=2 takes the sequential forward only with >= 4 programs per multiprocessor."""
+    monkeypatch.setattr(st, "_multiprocessors", lambda device: 132)  # an H100 / H200
+    cfg = st.ScanConfig()
+    assert cfg.fwd_seq == 2 and cfg.fwd_seq_block_d == 32
+    dev = torch.device("cuda")
+    # VM-UNet at 256x256: stage 1 (D=192) and stage 4 (D=1536), 4 directions
+    assert st._use_seq_forward(cfg, 32 * 4, 192, dev)  # 768 programs
+    assert st._use_seq_forward(cfg, 1 * 4, 1536, dev) is False  # 192 programs: batch-1 latency
+    assert st._use_seq_forward(cfg, 4 * 4, 1536, dev)  # 768
+    assert st._use_seq_forward(cfg, 4 * 4, 192, dev) is False  # 96
+    assert st._use_seq_forward(replace(cfg, fwd_seq=0), 32 * 4, 192, dev) is False
+    assert st._use_seq_forward(replace(cfg, fwd_seq=1), 4, 32, dev) is True
 
 
 def test_torch_compile_fullgraph_and_function_fallback(monkeypatch):

@@ -425,10 +425,10 @@ def benchmark(
         macs: count MACs.
         cuda_graph: on CUDA, also time latency and inference replayed as a CUDA graph
             (:class:`vmunet_monai.networks.CUDAGraphModule`; modes ``latency_graph`` and ``inference_graph``).
-        compile: also time the forwards under ``torch.compile(fullgraph=True)`` (modes ``latency_compiled``,
-            ``inference_compiled``); compilation happens before timing, a model that does not compile gets a row
-            with the reason. (Compiled training of the generic backends breaks the graph around the scan and
-            recompiles; it is not timed.)
+        compile: also time the forwards (modes ``latency_compiled``, ``inference_compiled``) and, with ``train``,
+            the training step (``train_compiled``) under ``torch.compile(fullgraph=True)``; compilation happens
+            before timing, a model that does not compile gets a row with the reason (compiled training of the
+            generic backends breaks the graph around the scan: skipped with that reason).
         model_kwargs: extra ``VMUNet`` arguments (e.g. a small configuration); default: the paper model.
         seed: seed of the weights and inputs.
         quiet: do not print.
@@ -580,6 +580,10 @@ def benchmark(
                 }
                 results.append(row)
                 _log_row(row, quiet)
+                if compile:
+                    model.load_state_dict(initial_state)
+                    results.append(_compiled_train_row(model, x_train, target, loss_fn, amp, dev, repeats, warmup,
+                                                       row_base, quiet))
                 del optimizer, x_train, target
                 model.eval()
             if on_cuda:
@@ -668,6 +672,36 @@ def _compiled_rows(model, x_latency, throughput_batch_size, amp, dev, repeats, w
         rows.append(row)
         _log_row(row, quiet)
     return rows
+
+
+def _compiled_train_row(model, x_train, target, loss_fn, amp, dev, repeats, warmup, row_base, quiet):
+    """The training step with the model under ``torch.compile(fullgraph=True)`` (forward and backward compiled;
+    the optimizer step stays eager); compiled before timing. The ``triton`` backend's fused core is a custom op
+    with its own backward op, so the whole network compiles; backends whose training path graph-breaks get a
+    skipped row saying why."""
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
+    losses = []
+
+    def train_step():
+        optimizer.zero_grad(set_to_none=True)
+        with _autocast(dev, amp):
+            loss = loss_fn(compiled(x_train), target)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.detach())
+
+    try:
+        train_step()  # compile outside the timed region
+    except Exception as err:
+        return {**row_base, "mode": "train_compiled", "skipped": f"compile failed: {type(err).__name__}: {err}"[:500]}
+    with peak_memory_tracker(dev) as mem:
+        times = _time_calls(train_step, dev, repeats, warmup)
+    row = {**row_base, "mode": "train_compiled", "batch": x_train.shape[0], **_stats(times, x_train.shape[0]),
+           "peak_mem_mib": mem.peak_mib, "first_loss": float(losses[0])}
+    _log_row(row, quiet)
+    return row
 
 
 def _called_from_cli() -> bool:

@@ -89,8 +89,11 @@ class ScanConfig:
             ``1 / seg_len`` of the states.
         fwd_seq: 1 = forward kernel steps through time one step per iteration (``fwd_seq_kernel``: state in
             registers, no scan tree; ``fwd_block_l`` then only sets the state-saving granularity) instead of
-            chunked ``tl.associative_scan``; which is faster depends on the GPU and the batch (see
-            scripts/gpu_triton_check.py).
+            chunked ``tl.associative_scan`` (0); 2 = choose per call: the sequential kernel when it has at least
+            4 programs per streaming multiprocessor (throughput: batch 32 at every VM-UNet stage), the chunked one
+            otherwise (a batch-1 forward would walk 4096 steps in a handful of programs).
+        fwd_seq_block_d: channels per program of the sequential forward (power of two).
+        fwd_seq_warps: warps per program of the sequential forward.
         bwd_rev_flip: 1 = compute the backward's reverse-time scan as flip / forward scan / flip instead
             of ``tl.associative_scan(reverse=True)`` (a fallback for Triton builds with a faulty reverse scan).
         bwd_seq: 1 = backward kernel steps through time one step per iteration (``bwd_seq_kernel``: state in
@@ -108,9 +111,10 @@ class ScanConfig:
     """
 
     # Defaults from the H200 sweeps (scripts/gpu_triton_check.py, bf16, 256x256 stage shapes, batch 32;
-    # docs/benchmarks.md, fourth session). Forward: the tile kernel (16 steps x 16 channels, 4 warps); the
-    # sequential forward was 12% faster at batch 32 but a batch-1 forward walks 4096 steps in 4-8 programs
-    # (9.4 ms instead of 2.9 ms as a CUDA graph). Backward: the sequential kernel, 16-step sub-segments,
+    # docs/benchmarks.md, fourth and fifth sessions). Forward: at batch 32 the sequential kernel (32 channels,
+    # one warp; 16.8 ms per step of the 15 cores against 20.3 ms for the tile kernel), at batch 1 the tile kernel
+    # (16 steps x 16 channels, 4 warps; the sequential one walks 4096 steps in a handful of programs: 9.4 ms
+    # instead of 2.9 ms batch-1 latency as a CUDA graph), chosen per call by ``fwd_seq=2``. Backward: the sequential kernel, 16-step sub-segments,
     # 32 channels per one-warp program, loads pipelined 4 deep: 96 ms per bf16 training step of the 15 SS2D
     # cores, against 138 ms for the best tile backward (8 x 32, 4 warps; 255 registers with spills).
     fwd_block_l: int = 16
@@ -124,14 +128,16 @@ class ScanConfig:
     # at 16 (no pass), 15.7 ms / 1701 MiB at 64, 15.7 ms / 1611 MiB at 128, 15.7 ms / 1575 MiB at 256
     seg_len: int = 128
     bwd_rev_flip: int = 0
-    fwd_seq: int = 0
+    fwd_seq: int = 2
     upcast_16bit: int = 1
     bwd_seq: int = 1
     seq_stages: int = 4
     pre_softplus: int = 1
+    fwd_seq_block_d: int = 32
+    fwd_seq_warps: int = 1
 
     def validate(self) -> "ScanConfig":
-        for f in ("fwd_block_l", "fwd_block_d", "bwd_block_l", "bwd_block_d"):
+        for f in ("fwd_block_l", "fwd_block_d", "bwd_block_l", "bwd_block_d", "fwd_seq_block_d"):
             v = getattr(self, f)
             if v < 1 or v & (v - 1):
                 raise ValueError(f"ScanConfig.{f} must be a power of two, got {v}")
@@ -294,10 +300,26 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+@lru_cache(maxsize=None)
+def _multiprocessors(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1  # the interpreter
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _use_seq_forward(cfg: ScanConfig, n_bk: int, dm: int, device: torch.device) -> bool:
+    """``fwd_seq`` 0 / 1, or for 2 whether the sequential forward has >= 4 programs per multiprocessor."""
+    if cfg.fwd_seq != 2:
+        return bool(cfg.fwd_seq)
+    return n_bk * triton_cdiv(dm, cfg.fwd_seq_block_d) >= 4 * _multiprocessors(device)
+
+
 def _scan_forward(u4, dl4, b4, c4, A, Dskip, bias, H, W, cross, softplus, save_states, cfg):
     """Run the forward kernel. All 4D tensors are views indexed (b, k, l, d|n)."""
-    fwd_kernel = _kernels()["fwd_seq" if cfg.fwd_seq else "fwd"]
     Bsz, K, L, DM = dl4.shape
+    seq = _use_seq_forward(cfg, Bsz * K, DM, dl4.device)
+    fwd_kernel = _kernels()["fwd_seq" if seq else "fwd"]
+    block_d, warps = (cfg.fwd_seq_block_d, cfg.fwd_seq_warps) if seq else (cfg.fwd_block_d, cfg.fwd_warps)
     N = A.shape[1]
     y4_store = torch.empty((K, Bsz, L, DM), device=dl4.device, dtype=torch.float32)
     y4 = y4_store.permute(1, 0, 2, 3)
@@ -308,7 +330,7 @@ def _scan_forward(u4, dl4, b4, c4, A, Dskip, bias, H, W, cross, softplus, save_s
         states = torch.empty((Bsz * K, nslot, DM, N), device=dl4.device, dtype=torch.float32)
     else:
         states = torch.empty((1,), device=dl4.device, dtype=torch.float32)
-    grid = (Bsz * K, triton_cdiv(DM, cfg.fwd_block_d))
+    grid = (Bsz * K, triton_cdiv(DM, block_d))
     dummy = A
     _LAST_LAUNCH["fwd"] = fwd_kernel[grid](
         u4, dl4, b4, c4, A,
@@ -317,9 +339,9 @@ def _scan_forward(u4, dl4, b4, c4, A, Dskip, bias, H, W, cross, softplus, save_s
         L, H, W, DM, nslot,
         *u4.stride(), *dl4.stride(), *b4.stride(), *c4.stride(), *y4.stride(),
         K=K, N=N, NP=_next_pow2(N),
-        BLOCK_L=cfg.fwd_block_l, BLOCK_D=cfg.fwd_block_d, CPS=cps,
+        BLOCK_L=cfg.fwd_block_l, BLOCK_D=block_d, CPS=cps,
         CROSS=cross, SOFTPLUS=softplus, HAS_D=Dskip is not None, HAS_BIAS=bias is not None,
-        SAVE_STATES=save_states, num_warps=cfg.fwd_warps, **({"STAGES": cfg.seq_stages} if cfg.fwd_seq else {}),
+        SAVE_STATES=save_states, num_warps=warps, **({"STAGES": cfg.seq_stages} if seq else {}),
     )
     return y4_store, states
 
