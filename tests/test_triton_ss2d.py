@@ -406,7 +406,8 @@ def test_registered_as_triton_backend():
     from vmunet_monai.ops import backends
 
     backend = backends.get_backend("triton")
-    assert backend.fused_core == "vmunet_monai.ops.ss2d_triton:ss2d_scan_triton"
+    # registered as functions: a "module:function" string is imported on use, which torch.compile cannot trace
+    assert backend.fused_core is st.ss2d_scan_triton and backend.fn is st.selective_scan_triton
     assert backend.priority.get("cuda", 0) > backends.get_backend("mamba_ssm").priority.get("cuda", 0)
     # on this machine: usable for CUDA tensors, or on CPU through the interpreter
     assert backend.available(torch.zeros(1, device=DEVICE))
@@ -428,6 +429,31 @@ def test_network_outputs_agree_with_generic_backend():
         ref = net.set_scan_backend("reference")(x)
         got = net.set_scan_backend("triton")(x)
     assert rel_err(got, ref) < 1e-4
+
+
+def test_compiled_network_matches_eager_for_inference_and_training():
+    """torch.compile(fullgraph=True) of a whole VM-UNet on the triton backend: no graph break (the fused core is
+    a custom op with a backward op), compiled logits and gradients equal the eager ones. On CPU ``aot_eager``
+    (Dynamo and AOTAutograd tracing, no code generation) keeps it fast; on the GPU the default inductor."""
+    from vmunet_monai.networks.nets import VMUNet
+
+    if not CUDA:
+        st.set_config(st.ScanConfig(fwd_block_l=64, fwd_block_d=128, bwd_block_l=64, bwd_block_d=128, seg_len=64))
+    torch.manual_seed(8)
+    net = VMUNet(dims=(8, 16, 32, 64), depths=(1, 1, 1, 1), depths_decoder=(1, 1, 1, 1), d_state=4,
+                 drop_path_rate=0.0).to(DEVICE).set_scan_backend("triton")
+    x = torch.randn(2, 3, 32, 32, device=DEVICE)
+    torch._dynamo.reset()
+    compiled = torch.compile(net, fullgraph=True, **({} if CUDA else {"backend": "aot_eager"}))
+    with torch.no_grad():
+        want, got = net.eval()(x), compiled(x)
+    assert rel_err(got, want) < 1e-5
+    net.train()
+    params = [p for p in net.parameters() if p.requires_grad]
+    want_grads = torch.autograd.grad(net(x).square().mean(), params)
+    got_grads = torch.autograd.grad(compiled(x).square().mean(), params)
+    for (name, _), got_g, want_g in zip(net.named_parameters(), got_grads, want_grads):
+        assert rel_err(got_g, want_g) < 1e-4, name
 
 
 def test_kernels_compile_for_hopper_without_a_gpu():

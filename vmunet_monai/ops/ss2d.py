@@ -115,7 +115,7 @@ def ss2d_core(
     name = resolve_backend_name(backend, x)
     fused = get_backend(name).fused_core
     if fused is not None:
-        if isinstance(fused, str):
+        if isinstance(fused, str):  # a plug-in registered as "module:function" (not traceable by torch.compile)
             module_name, func_name = fused.split(":")
             fused = getattr(importlib.import_module(module_name), func_name)
         return fused(x.permute(0, 2, 3, 1).contiguous(), *params)

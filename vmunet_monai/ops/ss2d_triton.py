@@ -512,6 +512,10 @@ def _ss2d_bwd_impl(dy, u, x_dbl, dt_w, A, Ds, delta_bias, states, H, W, cfg_list
     cfg = replace(cfg, pre_softplus=fwd_cfg.pre_softplus)
     uk, xk = _kernel_dtype(cfg, u, x_dbl)
     delta, bias, softplus = _kernel_delta(cfg, delta_raw, delta_bias)
+    if not softplus:
+        # the softplus' chain rule needs the raw delta after the kernels: recomputing it then (a small GEMM) keeps
+        # it out of the backward's peak memory (~200 MB at the first VM-UNet stage, batch 32, bf16)
+        del delta_raw
     u4, dl4, b4, c4 = _ss2d_views(uk, xk, delta, r, n)
     dy = dy.contiguous()
     dy4 = dy.unsqueeze(1).expand(bsz, k, length, dm)
@@ -524,7 +528,7 @@ def _ss2d_bwd_impl(dy, u, x_dbl, dt_w, A, Ds, delta_bias, states, H, W, cfg_list
         grad_dtype=x_dbl.dtype)
     del delta, uk, xk
     if not softplus:  # the kernels returned dLoss/d softplus(delta + bias)
-        _softplus_grad_(ddelta, delta_raw, delta_bias)
+        _softplus_grad_(ddelta, _ss2d_delta(x_dbl, dt_w, r)[1], delta_bias)
     du = du_parts.sum(0, dtype=torch.float32).to(u.dtype)
     d_bias = ddelta.sum((1, 2), dtype=torch.float32).reshape(-1)
     # dt projection backward (the GEMMs autograd would have run), in the activations' dtype
@@ -821,14 +825,16 @@ def _unavailable_reason(x: torch.Tensor) -> str:
 def _register() -> None:
     from .backends import register_backend
 
+    # the functions themselves, not "module:function" strings: resolving a string imports, which
+    # torch.compile cannot trace (the whole-network compile of the triton backend needs this)
     register_backend(
         "triton",
-        "vmunet_monai.ops.ss2d_triton:selective_scan_triton",
+        selective_scan_triton,
         is_available=_can_run_on,
         priority={"cuda": 30},
         description="fused Triton SS2D core (cross-scan + scan + cross-merge in one pass; fp32 state, "
                     "deterministic backward); also a plain selective scan",
-        fused_core="vmunet_monai.ops.ss2d_triton:ss2d_scan_triton",
+        fused_core=ss2d_scan_triton,
         unavailable_reason=_unavailable_reason,
     )
 
