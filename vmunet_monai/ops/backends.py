@@ -367,10 +367,15 @@ def _compiling() -> bool:
     """torch.compile is tracing (not torch.export: exported programs keep the traceable scan, e.g. for ONNX)."""
     compiler = getattr(torch, "compiler", None)
     is_compiling = getattr(compiler, "is_compiling", None)
-    is_exporting = getattr(compiler, "is_exporting", None)
     if is_compiling is None or not is_compiling():
         return False
-    return not (is_exporting is not None and is_exporting())
+    # the flag torch.export sets, read directly: Dynamo answers torch.compiler.is_exporting() with True under every
+    # torch.compile up to torch 2.12 (measured with torch 2.11 on the GPU machine; read from the flag since 2.13)
+    flag = getattr(compiler, "_is_exporting_flag", None)
+    if flag is None:
+        is_exporting = getattr(compiler, "is_exporting", None)
+        flag = is_exporting is not None and is_exporting()
+    return not flag
 
 
 def _needs_grad(*tensors: torch.Tensor | None) -> bool:
