@@ -86,6 +86,8 @@ def main() -> None:
          dict(common, BLOCK_L=8, BLOCK_D=32, CPS=cfg.seg_len // 8, REV_FLIP=False)),
         ("bwd_seq_kernel", seq.bwd_seq_kernel, cfg.bwd_warps,
          dict(common, BLOCK_L=cfg.bwd_block_l, BLOCK_D=cfg.bwd_block_d, CPS=bwd_cps, STAGES=cfg.seq_stages)),
+        ("softplus_delta_kernel", tile.softplus_delta_kernel, 4, dict(BLOCK=st._SOFTPLUS_BLOCK)),
+        ("softplus_grad_kernel", tile.softplus_grad_kernel, 4, dict(BLOCK=st._SOFTPLUS_BLOCK)),
     ]
     print(f"config {cfg}; target sm_{args.arch}")
     for name, fn, warps, constexprs in kernels:

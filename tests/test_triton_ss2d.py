@@ -470,7 +470,7 @@ def test_kernels_compile_for_hopper_without_a_gpu():
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("  ")]
-    assert len(lines) == 4, out.stdout
+    assert len(lines) == 6, out.stdout  # 4 scan kernels, 2 softplus kernels
     for line in lines:
         assert "compile error" not in line, line
         # registers come from a separate ptxas -v run; Triton 3.6 on the GPU machine ships no usable ptxas for it

@@ -56,32 +56,34 @@ def _delta_grad(raw, SOFTPLUS: tl.constexpr):
         return tl.full(raw.shape, 1.0, tl.float32)
 
 @triton.jit
+def _biased_delta_block(raw_ptr, bias_ptr, n_per_k, DM, BLOCK: tl.constexpr):
+    # this program's block of a contiguous (K, ..., DM) raw delta, plus dt bias (K * DM,), in fp32
+    k = tl.program_id(1)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n_per_k
+    idx = k.to(tl.int64) * n_per_k + offs
+    raw = tl.load(raw_ptr + idx, mask=mask, other=0.0).to(tl.float32)
+    raw += tl.load(bias_ptr + k * DM + offs % DM, mask=mask, other=0.0).to(tl.float32)
+    return raw, idx, mask
+
+
+@triton.jit
 def softplus_delta_kernel(raw_ptr, bias_ptr, out_ptr, n_per_k, DM, BLOCK: tl.constexpr):
     """out = softplus(raw + bias) in fp32 for a contiguous (K, ..., DM) raw delta; bias is (K * DM,).
 
     Run once per SS2D core call so that the scan kernels, which walk every time step up to three times in the
     backward, read a ready delta instead of evaluating bias + softplus (a log1p, ~45 instructions) at every
     step of every pass."""
-    k = tl.program_id(1)
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n_per_k
-    base = k.to(tl.int64) * n_per_k
-    raw = tl.load(raw_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
-    raw += tl.load(bias_ptr + k * DM + offs % DM, mask=mask, other=0.0).to(tl.float32)
-    tl.store(out_ptr + base + offs, _delta(raw, True), mask=mask)
+    raw, idx, mask = _biased_delta_block(raw_ptr, bias_ptr, n_per_k, DM, BLOCK)
+    tl.store(out_ptr + idx, _delta(raw, True), mask=mask)
 
 
 @triton.jit
 def softplus_grad_kernel(grad_ptr, raw_ptr, bias_ptr, n_per_k, DM, BLOCK: tl.constexpr):
     """grad *= softplus'(raw + bias) in place (the chain rule through ``softplus_delta_kernel``)."""
-    k = tl.program_id(1)
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n_per_k
-    base = k.to(tl.int64) * n_per_k
-    raw = tl.load(raw_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
-    raw += tl.load(bias_ptr + k * DM + offs % DM, mask=mask, other=0.0).to(tl.float32)
-    g = tl.load(grad_ptr + base + offs, mask=mask, other=0.0)
-    tl.store(grad_ptr + base + offs, (g.to(tl.float32) * _delta_grad(raw, True)).to(g.dtype), mask=mask)
+    raw, idx, mask = _biased_delta_block(raw_ptr, bias_ptr, n_per_k, DM, BLOCK)
+    g = tl.load(grad_ptr + idx, mask=mask, other=0.0)
+    tl.store(grad_ptr + idx, (g.to(tl.float32) * _delta_grad(raw, True)).to(g.dtype), mask=mask)
 
 
 @triton.jit
