@@ -427,8 +427,7 @@ def benchmark(
             (:class:`vmunet_monai.networks.CUDAGraphModule`; modes ``latency_graph`` and ``inference_graph``).
         compile: also time the forwards (modes ``latency_compiled``, ``inference_compiled``) and, with ``train``,
             the training step (``train_compiled``) under ``torch.compile(fullgraph=True)``; compilation happens
-            before timing, a model that does not compile gets a row with the reason (compiled training of the
-            generic backends breaks the graph around the scan: skipped with that reason).
+            before timing, a model that does not compile gets a row with the reason.
         model_kwargs: extra ``VMUNet`` arguments (e.g. a small configuration); default: the paper model.
         seed: seed of the weights and inputs.
         quiet: do not print.
@@ -555,19 +554,9 @@ def benchmark(
             # training step
             if train_batch_size and (backend != "reference" or train_reference):
                 model.train()
-                optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
                 x_train = torch.randn(train_batch_size, in_channels, image_size, image_size, generator=gen).to(dev)
                 target = _target(num_classes, train_batch_size, image_size, dev)
-                losses = []
-
-                def train_step():
-                    optimizer.zero_grad(set_to_none=True)
-                    with _autocast(dev, amp):
-                        loss = loss_fn(model(x_train), target)
-                    loss.backward()
-                    optimizer.step()
-                    losses.append(loss.detach())
-
+                train_step, losses = _adamw_train_step(model, model, x_train, target, loss_fn, amp, dev)
                 with peak_memory_tracker(dev) as mem:
                     times = _time_calls(train_step, dev, repeats, warmup)
                 row = {
@@ -584,7 +573,7 @@ def benchmark(
                     model.load_state_dict(initial_state)
                     results.append(_compiled_train_row(model, x_train, target, loss_fn, amp, dev, repeats, warmup,
                                                        row_base, quiet))
-                del optimizer, x_train, target
+                del train_step, x_train, target
                 model.eval()
             if on_cuda:
                 torch.cuda.empty_cache()
@@ -674,24 +663,31 @@ def _compiled_rows(model, x_latency, throughput_batch_size, amp, dev, repeats, w
     return rows
 
 
-def _compiled_train_row(model, x_train, target, loss_fn, amp, dev, repeats, warmup, row_base, quiet):
-    """The training step with the model under ``torch.compile(fullgraph=True)`` (forward and backward compiled;
-    the optimizer step stays eager); compiled before timing. The ``triton`` backend's fused core is a custom op
-    with its own backward op, so the whole network compiles; backends whose training path graph-breaks get a
-    skipped row saying why."""
-    torch._dynamo.reset()
-    compiled = torch.compile(model, fullgraph=True)
+def _adamw_train_step(model, forward, x, target, loss_fn, amp, dev):
+    """A fresh AdamW over ``model``'s parameters and a step function running ``forward`` (the model or a compiled
+    wrapper of it) under autocast; the losses it appends to the returned list."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2)
-    losses = []
+    losses: list[torch.Tensor] = []
 
     def train_step():
         optimizer.zero_grad(set_to_none=True)
         with _autocast(dev, amp):
-            loss = loss_fn(compiled(x_train), target)
+            loss = loss_fn(forward(x), target)
         loss.backward()
         optimizer.step()
         losses.append(loss.detach())
 
+    return train_step, losses
+
+
+def _compiled_train_row(model, x_train, target, loss_fn, amp, dev, repeats, warmup, row_base, quiet):
+    """The training step with the model under ``torch.compile(fullgraph=True)`` (forward and backward compiled;
+    the optimizer step stays eager); compiled before timing. The ``triton`` backend's fused core is a custom op
+    with its own backward op, so the whole network compiles; a backend whose training path does not compile with
+    ``fullgraph=True`` gets a skipped row saying why."""
+    torch._dynamo.reset()
+    train_step, losses = _adamw_train_step(model, torch.compile(model, fullgraph=True), x_train, target, loss_fn,
+                                           amp, dev)
     try:
         train_step()  # compile outside the timed region
     except Exception as err:
