@@ -718,7 +718,9 @@ class _SelectiveScanFunction(torch.autograd.Function):
         b4 = Bm.permute(0, 1, 3, 2)
         c4 = Cm.permute(0, 1, 3, 2)
         need_grad = any(ctx.needs_input_grad)
-        y_store, states = _scan_forward(u4, dl4, b4, c4, A, Dskip, delta_bias, 1, L, False, softplus,
+        # H = W = 1: unused without the cross-scan mapping, and compile-time constants of the kernels (a real
+        # (1, L) would compile a kernel per sequence length)
+        y_store, states = _scan_forward(u4, dl4, b4, c4, A, Dskip, delta_bias, 1, 1, False, softplus,
                                         need_grad or return_last_state, cfg)
         # y_store is (G, B, L, DM) -> (B, G*DM, L), in u's dtype as mamba_ssm returns it
         y = y_store.permute(1, 0, 3, 2).reshape(Bsz, GD, L).to(u.dtype)
@@ -750,7 +752,7 @@ class _SelectiveScanFunction(torch.autograd.Function):
         du4 = du_store.view(Bsz, G, DM, L).permute(0, 1, 3, 2)
         ddl_store, db, dc, dA, dD = _scan_backward(
             u4, dl4, b4, c4, A, Dskip if has_d else None, delta_bias if has_bias else None,
-            dy4, states, du4, 1, L, False, softplus, cfg, ctx.cfg)
+            dy4, states, du4, 1, 1, False, softplus, cfg, ctx.cfg)
         ddelta = ddl_store.permute(1, 0, 3, 2).reshape(Bsz, GD, L)
         d_bias = ddelta.sum((0, 2), dtype=torch.float32).to(delta_bias.dtype) if has_bias else None
         return (du_store.to(u.dtype), ddelta.to(delta.dtype), dA.to(A.dtype),
