@@ -58,6 +58,18 @@ def _program_setup(a_ptr, dskip_ptr, bias_ptr, DM, K: tl.constexpr, N: tl.conste
 
 
 @triton.jit
+def _input_bases(u_ptr, dl_ptr, b_ptr, c_ptr, st_ptr, b, k, pid_bk, offs_d, offs_n, DM, NSLOT,
+                 su_b, su_k, sdl_b, sdl_k, sb_b, sb_k, sc_b, sc_k, N: tl.constexpr):
+    # this program's (batch, direction) slices of u / delta / B / C, and of the saved states with their
+    # offsets (the saved states keep the (d, n) layout of the tile kernels)
+    kk = k.to(tl.int64)
+    st_base = st_ptr + pid_bk.to(tl.int64) * NSLOT * DM * N
+    st_offs = offs_d[None, :] * N + offs_n[:, None]
+    return (kk, u_ptr + b * su_b + kk * su_k, dl_ptr + b * sdl_b + kk * sdl_k, b_ptr + b * sb_b + kk * sb_k,
+            c_ptr + b * sc_b + kk * sc_k, st_base, st_offs)
+
+
+@triton.jit
 def fwd_seq_kernel(
     u_ptr, dl_ptr, b_ptr, c_ptr, a_ptr, dskip_ptr, bias_ptr, y_ptr, st_ptr,
     L, H: tl.constexpr, W: tl.constexpr, DM, NSLOT,
@@ -75,14 +87,10 @@ def fwd_seq_kernel(
     pid_bk, pid_d, b, k, offs_d, mask_d, offs_n, mask_n, mask_nd, ch, a_t, dskip, bias = _program_setup(
         a_ptr, dskip_ptr, bias_ptr, DM, K, N, NP, BLOCK_D, HAS_D, HAS_BIAS)
     a2 = a_t * LOG2E
-    kk = k.to(tl.int64)
-    u_base = u_ptr + b * su_b + kk * su_k
-    dl_base = dl_ptr + b * sdl_b + kk * sdl_k
-    b_base = b_ptr + b * sb_b + kk * sb_k
-    c_base = c_ptr + b * sc_b + kk * sc_k
+    kk, u_base, dl_base, b_base, c_base, st_base, st_offs = _input_bases(
+        u_ptr, dl_ptr, b_ptr, c_ptr, st_ptr, b, k, pid_bk, offs_d, offs_n, DM, NSLOT,
+        su_b, su_k, sdl_b, sdl_k, sb_b, sb_k, sc_b, sc_k, N)
     y_base = y_ptr + b * sy_b + kk * sy_k
-    st_base = st_ptr + pid_bk.to(tl.int64) * NSLOT * DM * N
-    st_offs = offs_d[None, :] * N + offs_n[:, None]  # saved states keep the (d, n) layout of the tile kernels
     SEG: tl.constexpr = CPS * BLOCK_L
 
     h = tl.zeros([NP, BLOCK_D], dtype=tl.float32)
@@ -132,18 +140,14 @@ def bwd_seq_kernel(
     pid_bk, pid_d, b, k, offs_d, mask_d, offs_n, mask_n, mask_nd, ch, a_t, dskip, bias = _program_setup(
         a_ptr, dskip_ptr, bias_ptr, DM, K, N, NP, BLOCK_D, HAS_D, HAS_BIAS)
     a2 = a_t * LOG2E
-    kk = k.to(tl.int64)
-    u_base = u_ptr + b * su_b + kk * su_k
-    dl_base = dl_ptr + b * sdl_b + kk * sdl_k
-    b_base = b_ptr + b * sb_b + kk * sb_k
-    c_base = c_ptr + b * sc_b + kk * sc_k
+    kk, u_base, dl_base, b_base, c_base, st_base, st_offs = _input_bases(
+        u_ptr, dl_ptr, b_ptr, c_ptr, st_ptr, b, k, pid_bk, offs_d, offs_n, DM, NSLOT,
+        su_b, su_k, sdl_b, sdl_k, sb_b, sb_k, sc_b, sc_k, N)
     dy_base = dy_ptr + b * sdy_b + kk * sdy_k
     du_base = du_ptr + b * sdu_b + kk * sdu_k
     ddl_base = ddl_ptr + b * sddl_b + kk * sddl_k
     db_base = db_ptr + pid_d.to(tl.int64) * sdb_p + b * sdb_b + kk * sdb_k
     dc_base = dc_ptr + pid_d.to(tl.int64) * sdc_p + b * sdc_b + kk * sdc_k
-    st_base = st_ptr + pid_bk.to(tl.int64) * NSLOT * DM * N
-    st_offs = offs_d[None, :] * N + offs_n[:, None]
     pid_lin = pid_bk.to(tl.int64) * tl.num_programs(1) + pid_d
     scr_base = scr_ptr + pid_lin * (CPS + BLOCK_L) * NP * BLOCK_D  # sub-segment start states
     hist_base = scr_base + CPS * NP * BLOCK_D  # h_{t-1} of each step of the current sub-segment
