@@ -67,6 +67,9 @@ def main() -> None:
     parser.add_argument("--dump", default=None, help="folder to write each kernel's TTGIR and PTX into")
     args = parser.parse_args()
 
+    from vmunet_monai.ops import dt_proj_triton_kernels as dt
+    from vmunet_monai.ops import layer_norm_triton as lnt
+    from vmunet_monai.ops import layer_norm_triton_kernels as ln
     from vmunet_monai.ops import ss2d_triton as st
     from vmunet_monai.ops import ss2d_triton_kernels as tile
     from vmunet_monai.ops import ss2d_triton_seq_kernels as seq
@@ -89,6 +92,23 @@ def main() -> None:
         ("softplus_delta_kernel", tile.softplus_delta_kernel, 4, dict(BLOCK=st._SOFTPLUS_BLOCK)),
         ("softplus_grad_kernel", tile.softplus_grad_kernel, 4, dict(BLOCK=st._SOFTPLUS_BLOCK)),
     ]
+    for r in (6, 48):  # dt rank at the first and the last VM-UNet stage
+        rp, block_m, warps = st._dt_blocks(r)
+        kernels += [
+            (f"dt_softplus_fwd_kernel (R={r})", dt.dt_softplus_fwd_kernel, 4,
+             dict(R=r, RP=rp, BLOCK_M=64, BLOCK_D=64)),
+            (f"dt_softplus_bwd_kernel (R={r})", dt.dt_softplus_bwd_kernel, warps,
+             dict(R=r, RP=rp, BLOCK_M=block_m, BLOCK_D=32)),
+        ]
+    for width in (96, 1536):  # LayerNorm widths: first stage, widest
+        block_n, block_m, warps = lnt._tiles(width)
+        bwd_n, bwd_m, bwd_warps = lnt._tiles(width, lnt._TILE // 2)
+        kernels += [
+            (f"layer_norm_fwd_kernel (C={width})", ln.layer_norm_fwd_kernel, warps,
+             dict(BLOCK_M=block_m, BLOCK_N=block_n, HAS_W=True, HAS_B=True, SAVE_STATS=True)),
+            (f"layer_norm_bwd_kernel (C={width})", ln.layer_norm_bwd_kernel, bwd_warps,
+             dict(BLOCK_M=bwd_m, BLOCK_N=bwd_n, HAS_W=True)),
+        ]
     print(f"config {cfg}; target sm_{args.arch}")
     for name, fn, warps, constexprs in kernels:
         try:

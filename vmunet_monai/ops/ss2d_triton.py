@@ -108,6 +108,11 @@ class ScanConfig:
             (u, delta, B, C); their gradients still leave the kernels in the 16-bit dtype. The kernels compute in
             fp32 either way, so results are identical; 0 = let the kernels load 16-bit values themselves (1.9x
             slower on the H200: docs/benchmarks.md).
+        fused_dt: with ``pre_softplus``, 1 = the dt projection and softplus run in Triton kernels that read dts
+            from the x_proj output (``dt_proj_triton_kernels``): the forward writes the scan's fp32 delta
+            directly, the backward reduces ddts / d dt_w / d dt_bias in one pass; 0 = batched GEMMs (cuBLAS picks
+            slow kernels for their R = 6..48 wide rows: 7 ms per bf16 and ~28 ms per fp32 VM-UNet training step
+            on the H200) plus the elementwise softplus kernels. Same maths.
     """
 
     # Defaults from the H200 sweeps (scripts/gpu_triton_check.py, bf16, 256x256 stage shapes, batch 32;
@@ -136,6 +141,7 @@ class ScanConfig:
     pre_softplus: int = 1
     fwd_seq_block_d: int = 32
     fwd_seq_warps: int = 1
+    fused_dt: int = 1
 
     def validate(self) -> "ScanConfig":
         for f in ("fwd_block_l", "fwd_block_d", "bwd_block_l", "bwd_block_d", "fwd_seq_block_d"):
@@ -272,12 +278,14 @@ def _kernels():
     """Import the Triton kernels on first use (keeps ``import vmunet_monai`` free of Triton)."""
     if _interpreting():
         _vectorise_interpreter_scan()
+    from . import dt_proj_triton_kernels as dt
     from . import ss2d_triton_kernels as kern
     from . import ss2d_triton_seq_kernels as seq
 
     return {"fwd": kern.fwd_kernel, "bwd": kern.bwd_kernel,
             "fwd_seq": seq.fwd_seq_kernel, "bwd_seq": seq.bwd_seq_kernel,
-            "softplus": kern.softplus_delta_kernel, "softplus_grad": kern.softplus_grad_kernel}
+            "softplus": kern.softplus_delta_kernel, "softplus_grad": kern.softplus_grad_kernel,
+            "dt_fwd": dt.dt_softplus_fwd_kernel, "dt_bwd": dt.dt_softplus_bwd_kernel}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -485,14 +493,63 @@ def _kernel_delta(cfg: ScanConfig, delta: torch.Tensor, delta_bias: torch.Tensor
     return _kernel_dtype(cfg, delta)[0], delta_bias, True
 
 
+def _fused_dt(cfg: ScanConfig) -> bool:
+    return bool(cfg.pre_softplus and cfg.fused_dt)
+
+
+def _dt_blocks(r: int) -> "tuple[int, int, int]":
+    """(padded dt rank for ``tl.dot``, rows and warps per backward program). Wider ranks get fewer rows and more
+    warps: with 64 x 32 tiles and 4 warps the rank-48 kernel spills (sm_90, scripts/triton_kernel_info.py)."""
+    rp = max(16, _next_pow2(r))
+    return (rp, 128, 4) if rp <= 16 else (rp, 64, 8)
+
+
+def _dt_weight(dt_w: Tensor, x_dbl: Tensor) -> Tensor:
+    # in the activations' dtype, as the GEMM under autocast would use it
+    return dt_w.to(x_dbl.dtype).contiguous()
+
+
+def _dt_softplus(x_dbl: Tensor, dt_w: Tensor, delta_bias: Tensor, r: int) -> Tensor:
+    """softplus(dts @ dt_w^T + bias) as a new fp32 (K, B, L, D) tensor, dts read from x_dbl (B, L, K, c)."""
+    bsz, length, k, c = x_dbl.shape
+    dm = dt_w.shape[1]
+    m = bsz * length
+    rp = _dt_blocks(r)[0]
+    out = torch.empty((k, bsz, length, dm), device=x_dbl.device, dtype=torch.float32)
+    block_m, block_d = 64, 64
+    _kernels()["dt_fwd"][(triton_cdiv(m, block_m), triton_cdiv(dm, block_d), k)](
+        x_dbl.contiguous(), _dt_weight(dt_w, x_dbl), delta_bias, out, m, dm, k * c, c,
+        R=r, RP=rp, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=4)
+    return out
+
+
+def _dt_softplus_backward(ddelta: Tensor, x_dbl: Tensor, dt_w: Tensor, delta_bias: Tensor, r: int):
+    """Backward of :func:`_dt_softplus` from ddelta (K, B, L, D): (fp32 (B, L, K, c) buffer holding ddts in its
+    first r columns, d dt_w (K, D, R) fp32, d dt_bias (K * D,) fp32)."""
+    bsz, length, k, c = x_dbl.shape
+    dm = dt_w.shape[1]
+    m = bsz * length
+    rp, block_m, warps = _dt_blocks(r)
+    n_blk = triton_cdiv(m, block_m)
+    dx_dbl = torch.empty((bsz, length, k, c), device=x_dbl.device, dtype=torch.float32)
+    dw_part = torch.empty((n_blk, k, dm, r), device=x_dbl.device, dtype=torch.float32)
+    db_part = torch.empty((n_blk, k, dm), device=x_dbl.device, dtype=torch.float32)
+    _kernels()["dt_bwd"][(n_blk, k)](
+        ddelta, x_dbl.contiguous(), _dt_weight(dt_w, x_dbl), delta_bias, dx_dbl, dw_part, db_part, m, dm, k * c, c,
+        dm, m * dm, R=r, RP=rp, BLOCK_M=block_m, BLOCK_D=32, num_warps=warps)
+    return dx_dbl, dw_part.sum(0), db_part.sum(0).reshape(-1)
+
+
 def _ss2d_fwd_impl(u, x_dbl, dt_w, A, Ds, delta_bias, H, W, cfg_list, save_states):
     """Forward of the fused core: (y (B, L, D) fp32, saved states or a 1-element placeholder)."""
     cfg = _cfg_from_list(cfg_list)
     r = dt_w.shape[2]
     n = A.shape[1]
-    _, delta = _ss2d_delta(x_dbl, dt_w, r)
+    if _fused_dt(cfg):
+        delta, bias, softplus = _dt_softplus(x_dbl, dt_w, delta_bias, r), None, False
+    else:
+        delta, bias, softplus = _kernel_delta(cfg, _ss2d_delta(x_dbl, dt_w, r)[1], delta_bias)
     u, x_dbl = _kernel_dtype(cfg, u, x_dbl)
-    delta, bias, softplus = _kernel_delta(cfg, delta, delta_bias)
     u4, dl4, b4, c4 = _ss2d_views(u, x_dbl, delta, r, n)
     y_parts, states = _scan_forward(u4, dl4, b4, c4, A, Ds, bias, H, W, True, softplus, save_states, cfg)
     return y_parts.sum(0), states
@@ -506,17 +563,22 @@ def _ss2d_bwd_impl(dy, u, x_dbl, dt_w, A, Ds, delta_bias, states, H, W, cfg_list
         cfg = fwd_cfg  # the configuration changed since the forward: use the forward's tiles
     r = dt_w.shape[2]
     n = A.shape[1]
+    bsz, length, k, _ = x_dbl.shape
+    dm = u.shape[-1]
+    # the backward's tiles may differ from the forward's, never where delta is made (same delta, same maths)
+    cfg = replace(cfg, pre_softplus=fwd_cfg.pre_softplus, fused_dt=fwd_cfg.fused_dt)
+    fused = _fused_dt(cfg)
     # delta is recomputed rather than saved: it is the largest tensor of the core (K x the activation)
-    dts, delta_raw = _ss2d_delta(x_dbl, dt_w, r)
-    k, bsz, length, dm = delta_raw.shape
-    # the backward's tiles may differ from the forward's, never the softplus placement (same delta, same maths)
-    cfg = replace(cfg, pre_softplus=fwd_cfg.pre_softplus)
+    if fused:
+        delta, bias, softplus = _dt_softplus(x_dbl, dt_w, delta_bias, r), None, False
+    else:
+        dts, delta_raw = _ss2d_delta(x_dbl, dt_w, r)
+        delta, bias, softplus = _kernel_delta(cfg, delta_raw, delta_bias)
+        if not softplus:
+            # the softplus' chain rule needs the raw delta after the kernels: recomputing it then (a small GEMM)
+            # keeps it out of the backward's peak memory (~200 MB at the first VM-UNet stage, batch 32, bf16)
+            del delta_raw
     uk, xk = _kernel_dtype(cfg, u, x_dbl)
-    delta, bias, softplus = _kernel_delta(cfg, delta_raw, delta_bias)
-    if not softplus:
-        # the softplus' chain rule needs the raw delta after the kernels: recomputing it then (a small GEMM) keeps
-        # it out of the backward's peak memory (~200 MB at the first VM-UNet stage, batch 32, bf16)
-        del delta_raw
     u4, dl4, b4, c4 = _ss2d_views(uk, xk, delta, r, n)
     dy = dy.contiguous()
     dy4 = dy.unsqueeze(1).expand(bsz, k, length, dm)
@@ -528,16 +590,24 @@ def _ss2d_bwd_impl(dy, u, x_dbl, dt_w, A, Ds, delta_bias, states, H, W, cfg_list
         u4, dl4, b4, c4, A, Ds, bias, dy4, states, du4, H, W, True, softplus, cfg, fwd_cfg,
         grad_dtype=x_dbl.dtype)
     del delta, uk, xk
-    if not softplus:  # the kernels returned dLoss/d softplus(delta + bias)
-        _softplus_grad_(ddelta, _ss2d_delta(x_dbl, dt_w, r)[1], delta_bias)
     du = du_parts.sum(0, dtype=torch.float32).to(u.dtype)
-    d_bias = ddelta.sum((1, 2), dtype=torch.float32).reshape(-1)
-    # dt projection backward (the GEMMs autograd would have run), in the activations' dtype
-    ddelta_k = ddelta.view(k, bsz * length, dm)
-    ddts = torch.bmm(ddelta_k, dt_w.to(ddelta_k.dtype))  # (K, B*L, R)
-    d_dt_w = torch.bmm(ddelta_k.transpose(1, 2), dts)  # (K, D, R)
-    dx_dbl = torch.cat([ddts.view(k, bsz, length, r).permute(1, 2, 0, 3).to(torch.float32),
-                        db.permute(0, 2, 1, 3), dc.permute(0, 2, 1, 3)], dim=-1).to(x_dbl.dtype)
+    del du_parts
+    if fused:  # ddelta is dLoss/d softplus(...): the dt kernel applies the chain rule and the projection's
+        dx_dbl, d_dt_w, d_bias = _dt_softplus_backward(ddelta, x_dbl, dt_w, delta_bias, r)
+        del ddelta
+        dx_dbl[..., r:r + n] = db.permute(0, 2, 1, 3)
+        dx_dbl[..., r + n:] = dc.permute(0, 2, 1, 3)
+        dx_dbl = dx_dbl.to(x_dbl.dtype)
+    else:
+        if not softplus:  # the kernels returned dLoss/d softplus(delta + bias)
+            _softplus_grad_(ddelta, _ss2d_delta(x_dbl, dt_w, r)[1], delta_bias)
+        d_bias = ddelta.sum((1, 2), dtype=torch.float32).reshape(-1)
+        # dt projection backward (the GEMMs autograd would have run), in the activations' dtype
+        ddelta_k = ddelta.view(k, bsz * length, dm)
+        ddts = torch.bmm(ddelta_k, dt_w.to(ddelta_k.dtype))  # (K, B*L, R)
+        d_dt_w = torch.bmm(ddelta_k.transpose(1, 2), dts)  # (K, D, R)
+        dx_dbl = torch.cat([ddts.view(k, bsz, length, r).permute(1, 2, 0, 3).to(torch.float32),
+                            db.permute(0, 2, 1, 3), dc.permute(0, 2, 1, 3)], dim=-1).to(x_dbl.dtype)
     return (du, dx_dbl, d_dt_w.to(dt_w.dtype), dA.to(A.dtype), dD.to(Ds.dtype),
             d_bias.to(delta_bias.dtype))
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from vmunet_monai.networks.blocks.layer_norm import LayerNorm
+
 __all__ = ["PatchEmbed2D", "PatchMerging2D", "PatchExpand2D", "FinalPatchExpand2D", "pixel_unshuffle_channels_last"]
 
 
@@ -36,7 +38,7 @@ class PatchEmbed2D(nn.Module):
     """
 
     def __init__(
-        self, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 96, norm_layer: type[nn.Module] | None = nn.LayerNorm
+        self, patch_size: int = 4, in_chans: int = 3, embed_dim: int = 96, norm_layer: type[nn.Module] | None = LayerNorm
     ) -> None:
         super().__init__()
         self.proj = nn.Conv2d(in_chans, embed_dim, kernel_size=patch_size, stride=patch_size)
@@ -58,7 +60,7 @@ class PatchMerging2D(nn.Module):
         norm_layer: normalisation applied to the ``4C`` concatenation before the reduction.
     """
 
-    def __init__(self, dim: int, norm_layer: type[nn.Module] = nn.LayerNorm) -> None:
+    def __init__(self, dim: int, norm_layer: type[nn.Module] = LayerNorm) -> None:
         super().__init__()
         self.dim = dim
         self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
@@ -84,7 +86,7 @@ class PatchExpand2D(nn.Module):
         norm_layer: normalisation over the output channels.
     """
 
-    def __init__(self, dim: int, dim_scale: int = 2, norm_layer: type[nn.Module] = nn.LayerNorm) -> None:
+    def __init__(self, dim: int, dim_scale: int = 2, norm_layer: type[nn.Module] = LayerNorm) -> None:
         super().__init__()
         self.dim = dim * 2
         self.dim_scale = dim_scale
@@ -104,7 +106,7 @@ class FinalPatchExpand2D(nn.Module):
         norm_layer: normalisation over the output channels.
     """
 
-    def __init__(self, dim: int, dim_scale: int = 4, norm_layer: type[nn.Module] = nn.LayerNorm) -> None:
+    def __init__(self, dim: int, dim_scale: int = 4, norm_layer: type[nn.Module] = LayerNorm) -> None:
         super().__init__()
         self.dim = dim
         self.dim_scale = dim_scale

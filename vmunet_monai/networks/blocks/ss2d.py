@@ -8,6 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from vmunet_monai.networks.blocks.layer_norm import LayerNorm
 from vmunet_monai.ops.ss2d import softplus_inverse, ss2d_core
 
 __all__ = ["SS2D"]
@@ -101,7 +102,7 @@ class SS2D(nn.Module):
         self.Ds = nn.Parameter(torch.ones(num_directions * self.d_inner))
         self.Ds._no_weight_decay = True
 
-        self.out_norm = nn.LayerNorm(self.d_inner)
+        self.out_norm = LayerNorm(self.d_inner)
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias)
         self.dropout = nn.Dropout(dropout) if dropout > 0.0 else None
 

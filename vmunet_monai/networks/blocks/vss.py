@@ -9,6 +9,7 @@ import torch.nn as nn
 import torch.utils.checkpoint as checkpoint
 from monai.networks.layers import DropPath
 
+from vmunet_monai.networks.blocks.layer_norm import LayerNorm
 from vmunet_monai.networks.blocks.ss2d import SS2D
 
 __all__ = ["VSSBlock", "VSSLayer", "VSSLayerUp"]
@@ -29,7 +30,7 @@ class VSSBlock(nn.Module):
         self,
         hidden_dim: int,
         drop_path: float = 0.0,
-        norm_layer: type[nn.Module] = nn.LayerNorm,
+        norm_layer: type[nn.Module] = LayerNorm,
         d_state: int = 16,
         scan_backend: str = "auto",
     ) -> None:
@@ -82,7 +83,7 @@ class VSSLayer(_VSSStage):
         dim: int,
         depth: int,
         drop_path: Sequence[float] | float = 0.0,
-        norm_layer: type[nn.Module] = nn.LayerNorm,
+        norm_layer: type[nn.Module] = LayerNorm,
         downsample: nn.Module | None = None,
         d_state: int = 16,
         scan_backend: str = "auto",
@@ -104,7 +105,7 @@ class VSSLayerUp(_VSSStage):
         dim: int,
         depth: int,
         drop_path: Sequence[float] | float = 0.0,
-        norm_layer: type[nn.Module] = nn.LayerNorm,
+        norm_layer: type[nn.Module] = LayerNorm,
         upsample: nn.Module | None = None,
         d_state: int = 16,
         scan_backend: str = "auto",

@@ -1,0 +1,160 @@
+#!/usr/bin/env python
+"""Where GPU time goes: the fused Triton SS2D core at one VM-UNet stage shape, or a whole VM-UNet step (CUDA).
+
+``core`` (default) runs the core at one stage shape: warm-up outside the profiled range, then one inference
+forward, one training forward and one backward inside it (``cudaProfilerStart`` / ``Stop``), for Nsight
+Compute on the GPU machine::
+
+    ncu --clock-control none --profile-from-start off -k regex:seq_kernel \\
+        --section WarpStateStats --section SchedulerStats --section Occupancy --section SourceCounters \\
+        -o scan_stage1 python scripts/gpu_profile.py core --stage 1 --dtype bf16
+    ncu --import scan_stage1.ncu-rep --page details
+
+It prints the CUDA-event time of each of the three phases and, with ``--kernels``, a table per phase of the
+kernels they launch (``torch.profiler``: time on the GPU per kernel name).
+
+``network`` does the same for the paper VM-UNet (batch 32, 256x256): one inference forward and one AdamW
+training step, each with its kernel table::
+
+    python scripts/gpu_profile.py network --dtype bf16 --kernels
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+# (H, W, D, dt_rank) of the SS2D cores of the paper VM-UNet at 256x256 input, stages 1-4
+STAGE_SHAPES = {1: (64, 64, 192, 6), 2: (32, 32, 384, 12), 3: (16, 16, 768, 24), 4: (8, 8, 1536, 48)}
+
+
+def make_inputs(stage: int, batch: int, device: torch.device, n: int = 16):
+    """A (B, H, W, D) activation and the core's parameters, initialised like the published SS2D."""
+    h, w, d, r = STAGE_SHAPES[stage]
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(batch, h, w, d, generator=g) * 0.5
+    x_proj = torch.randn(4, r + 2 * n, d, generator=g) * d ** -0.5
+    dt_w = (torch.rand(4, d, r, generator=g) * 2 - 1) * r ** -0.5
+    dt = torch.exp(torch.rand(4, d, generator=g) * (torch.log(torch.tensor(0.1)) - torch.log(torch.tensor(1e-3)))
+                   + torch.log(torch.tensor(1e-3)))
+    dt_b = dt + torch.log(-torch.expm1(-dt))
+    a_logs = torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(4 * d, 1)
+    ds = torch.ones(4 * d)
+    params = [t.to(device).requires_grad_() for t in (x_proj, dt_w, dt_b, a_logs, ds)]
+    return x.to(device).requires_grad_(), params
+
+
+def kernel_table(fn, label: str, top: int) -> None:
+    """Run ``fn`` once under ``torch.profiler`` and print its CUDA kernels, most time first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    rows = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    rows.sort(key=lambda e: e.device_time_total, reverse=True)
+    total = sum(e.device_time_total for e in rows)
+    print(f"  {label}: {total / 1e3:.2f} ms of kernels in {sum(e.count for e in rows)} launches")
+    for e in rows[:top]:
+        print(f"    {e.device_time_total / 1e3:8.3f} ms {100 * e.device_time_total / max(total, 1):5.1f}%  "
+              f"x{e.count:<4d} {e.key[:110]}")
+
+
+def timed_phases(phases, kernels: bool, top: int) -> None:
+    """CUDA-event time of each (name, fn) phase inside one profiler range; then, optionally, their kernels."""
+    events = [torch.cuda.Event(enable_timing=True) for _ in range(len(phases) + 1)]
+    torch.cuda.synchronize()
+    torch.cuda.profiler.start()
+    events[0].record()
+    for i, (_, fn) in enumerate(phases):
+        fn()
+        events[i + 1].record()
+    torch.cuda.profiler.stop()
+    torch.cuda.synchronize()
+    print("  " + ", ".join(f"{name} {events[i].elapsed_time(events[i + 1]):.2f} ms" for i, (name, _) in enumerate(phases)))
+    if kernels:
+        for name, fn in phases:
+            kernel_table(fn, name, top)
+
+
+def profile_core(args, amp) -> None:
+    from vmunet_monai.ops.ss2d_triton import ss2d_scan_triton
+
+    x, params = make_inputs(args.stage, args.batch, torch.device("cuda"))
+    state = {}
+
+    def inference():
+        with torch.no_grad(), amp:
+            ss2d_scan_triton(x, *params)
+
+    def training_forward():
+        with amp:
+            state["y"] = ss2d_scan_triton(x, *params)
+
+    def backward():
+        state.pop("y").square().mean().backward()
+
+    for _ in range(args.warmup):
+        inference()
+        training_forward()
+        backward()
+    print(f"core, stage {args.stage} {STAGE_SHAPES[args.stage]} (H, W, D, R), batch {args.batch}, {args.dtype}:")
+    # a backward needs its own training forward: the kernel tables re-run the pair
+    timed_phases([("inference forward", inference), ("training forward", training_forward), ("backward", backward)],
+                 False, args.top)
+    if args.kernels:
+        kernel_table(inference, "inference forward", args.top)
+        kernel_table(lambda: (training_forward(), backward()), "training forward + backward", args.top)
+
+
+def profile_network(args, amp) -> None:
+    from vmunet_monai.benchmark import _adamw_train_step, _loss_fn, _target
+    from vmunet_monai.networks.nets import VMUNet
+
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    model = VMUNet(in_channels=3, out_channels=1, scan_backend=args.backend).to(dev)
+    x = torch.randn(args.batch, 3, 256, 256, device=dev)
+    target = _target(1, args.batch, 256, dev)
+    step, _ = _adamw_train_step(model, model, x, target, _loss_fn(1), torch.bfloat16 if args.dtype == "bf16" else None,
+                                dev)
+
+    def inference():
+        with torch.inference_mode(), amp:
+            model(x)
+
+    for _ in range(args.warmup):
+        inference()
+        step()
+    print(f"network, paper VM-UNet 256x256, batch {args.batch}, {args.dtype}, backend {args.backend}:")
+    timed_phases([("inference forward", inference), ("training step", step)], args.kernels, args.top)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", nargs="?", choices=("core", "network"), default="core")
+    parser.add_argument("--stage", type=int, default=1, choices=sorted(STAGE_SHAPES), help="core: stage shape")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--dtype", choices=("fp32", "bf16"), default="bf16", help="bf16 = under bf16 autocast")
+    parser.add_argument("--backend", default="triton", help="network: scan backend")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--kernels", action="store_true", help="also print each phase's kernels (torch.profiler)")
+    parser.add_argument("--top", type=int, default=25, help="kernels per table")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        raise SystemExit("gpu_profile.py needs a CUDA device")
+    amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.dtype == "bf16")
+    if args.mode == "core":
+        profile_core(args, amp)
+    else:
+        profile_network(args, amp)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""LayerNorm over the last dimension with Triton kernels on CUDA; ``F.layer_norm`` everywhere else.
+
+Same maths as ``torch.nn.functional.layer_norm`` (biased variance, statistics in fp32, autocast's fp32 output
+under autocast); the reference is ``F.layer_norm`` itself (tests/test_layer_norm.py compares them). The Triton
+path is used for CUDA tensors when Triton imports and nothing is tracing the model (``torch.compile`` and
+``torch.export`` see ``F.layer_norm``, which inductor fuses with its neighbours on its own). Set
+``VMUNET_TRITON_LAYER_NORM=0`` to turn it off.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["layer_norm", "layer_norm_triton"]
+
+# elements per program tile: measured VM-UNet widths are 24..1536 channels
+_TILE = 4096
+
+
+def _enabled() -> bool:
+    return os.environ.get("VMUNET_TRITON_LAYER_NORM", "1") not in ("0", "")
+
+
+@lru_cache(maxsize=None)
+def _kernels():
+    from . import layer_norm_triton_kernels as kern
+
+    return kern.layer_norm_fwd_kernel, kern.layer_norm_bwd_kernel
+
+
+def _tracing() -> bool:
+    compiler = getattr(torch, "compiler", None)
+    is_compiling = getattr(compiler, "is_compiling", None)
+    return bool(is_compiling is not None and is_compiling())
+
+
+def _use_triton(x: Tensor, normalized_shape: Sequence[int]) -> bool:
+    if not x.is_cuda or len(normalized_shape) != 1 or x.numel() == 0 or _tracing() or not _enabled():
+        return False
+    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return False
+    from .ss2d_triton import _triton_importable
+
+    return _triton_importable()
+
+
+def _tiles(n: int, tile: int = _TILE) -> "tuple[int, int, int]":
+    """(BLOCK_N, BLOCK_M, warps) for rows of n elements in tiles of about ``tile`` elements."""
+    block_n = max(16, 1 << (n - 1).bit_length())
+    block_m = max(1, tile // block_n)
+    return block_n, block_m, (4 if block_m * block_n <= _TILE else 8)
+
+
+def _programs(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 8  # the interpreter (tests)
+    return 4 * torch.cuda.get_device_properties(device).multi_processor_count
+
+
+class _LayerNormFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float, out_dtype: torch.dtype):
+        n = x.shape[-1]
+        x2 = x.contiguous().view(-1, n)
+        m = x2.shape[0]
+        block_n, block_m, warps = _tiles(n)
+        y = torch.empty((m, n), device=x.device, dtype=out_dtype)
+        need_grad = any(ctx.needs_input_grad[:3])
+        mean = torch.empty((m if need_grad else 1,), device=x.device, dtype=torch.float32)
+        rstd = torch.empty_like(mean)
+        fwd, _ = _kernels()
+        fwd[(triton_cdiv(m, block_m),)](
+            x2, weight if weight is not None else x2, bias if bias is not None else x2, y, mean, rstd, m, n, eps,
+            BLOCK_M=block_m, BLOCK_N=block_n, HAS_W=weight is not None, HAS_B=bias is not None,
+            SAVE_STATS=need_grad, num_warps=warps)
+        if need_grad:
+            ctx.save_for_backward(x2, weight, bias, mean, rstd)
+            ctx.shape = x.shape
+        return y.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        x2, weight, bias, mean, rstd = ctx.saved_tensors
+        m, n = x2.shape
+        # half-size tiles: the backward holds ~6 fp32 values per element (~100 registers instead of ~200 at 4 warps)
+        block_n, block_m, warps = _tiles(n, _TILE // 2)
+        n_tiles = triton_cdiv(m, block_m)
+        tiles = triton_cdiv(n_tiles, min(n_tiles, _programs(x2.device)))
+        grid = triton_cdiv(n_tiles, tiles)
+        dx = torch.empty_like(x2)
+        dw_part = torch.empty((grid, n), device=x2.device, dtype=torch.float32)
+        db_part = torch.empty_like(dw_part)
+        _, bwd = _kernels()
+        bwd[(grid,)](dy.contiguous().view(m, n), x2, weight if weight is not None else x2, mean, rstd, dx,
+                     dw_part, db_part, m, n, tiles,
+                     BLOCK_M=block_m, BLOCK_N=block_n, HAS_W=weight is not None, num_warps=warps)
+        dw = dw_part.sum(0).to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
+        db = db_part.sum(0).to(bias.dtype) if bias is not None and ctx.needs_input_grad[2] else None
+        return dx.view(ctx.shape), dw, db, None, None
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def layer_norm_triton(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float = 1e-5,
+                      out_dtype: Optional[torch.dtype] = None) -> Tensor:
+    """LayerNorm of ``x`` over its last dimension with the Triton kernels (CUDA, or CPU under
+    ``TRITON_INTERPRET=1``); the output is ``out_dtype`` (default ``x.dtype``), statistics in fp32."""
+    return _LayerNormFunction.apply(x, weight, bias, eps, out_dtype or x.dtype)
+
+
+def layer_norm(x: Tensor, normalized_shape: Sequence[int], weight: Optional[Tensor] = None,
+               bias: Optional[Tensor] = None, eps: float = 1e-5) -> Tensor:
+    """Drop-in for ``F.layer_norm``: the Triton kernels for a last-dimension norm of a CUDA tensor, else torch.
+
+    Example::
+
+        >>> y = layer_norm(torch.randn(8, 64, 64, 96, device="cuda"), (96,))
+    """
+    if not _use_triton(x, normalized_shape):
+        return F.layer_norm(x, normalized_shape, weight, bias, eps)
+    # under autocast torch runs layer_norm in fp32 and returns fp32: do the same
+    out_dtype = torch.float32 if torch.is_autocast_enabled(x.device.type) else x.dtype
+    return layer_norm_triton(x, weight, bias, eps, out_dtype)
