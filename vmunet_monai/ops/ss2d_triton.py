@@ -497,11 +497,11 @@ def _fused_dt(cfg: ScanConfig) -> bool:
     return bool(cfg.pre_softplus and cfg.fused_dt)
 
 
-def _dt_blocks(r: int) -> "tuple[int, int, int]":
-    """(padded dt rank for ``tl.dot``, rows and warps per backward program). Wider ranks get fewer rows and more
-    warps: with 64 x 32 tiles and 4 warps the rank-48 kernel spills (sm_90, scripts/triton_kernel_info.py)."""
-    rp = max(16, _next_pow2(r))
-    return (rp, 128, 4) if rp <= 16 else (rp, 64, 8)
+def _dt_blocks(r: int) -> "tuple[int, int, int, int]":
+    """(dt rank padded to a power of two, rows, channels and warps per backward program): no register spills on
+    sm_90 at any VM-UNet rank (6 .. 48; 121 .. 152 registers, scripts/triton_kernel_info.py)."""
+    rp = max(2, _next_pow2(r))
+    return rp, (64 if rp <= 32 else 32), 32, 4
 
 
 def _dt_weight(dt_w: Tensor, x_dbl: Tensor) -> Tensor:
@@ -514,12 +514,11 @@ def _dt_softplus(x_dbl: Tensor, dt_w: Tensor, delta_bias: Tensor, r: int) -> Ten
     bsz, length, k, c = x_dbl.shape
     dm = dt_w.shape[1]
     m = bsz * length
-    rp = _dt_blocks(r)[0]
     out = torch.empty((k, bsz, length, dm), device=x_dbl.device, dtype=torch.float32)
-    block_m, block_d = 64, 64
+    block_m, block_d = 32, 64
     _kernels()["dt_fwd"][(triton_cdiv(m, block_m), triton_cdiv(dm, block_d), k)](
         x_dbl.contiguous(), _dt_weight(dt_w, x_dbl), delta_bias, out, m, dm, k * c, c,
-        R=r, RP=rp, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=4)
+        R=r, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=4)
     return out
 
 
@@ -529,14 +528,14 @@ def _dt_softplus_backward(ddelta: Tensor, x_dbl: Tensor, dt_w: Tensor, delta_bia
     bsz, length, k, c = x_dbl.shape
     dm = dt_w.shape[1]
     m = bsz * length
-    rp, block_m, warps = _dt_blocks(r)
+    rp, block_m, block_d, warps = _dt_blocks(r)
     n_blk = triton_cdiv(m, block_m)
     dx_dbl = torch.empty((bsz, length, k, c), device=x_dbl.device, dtype=torch.float32)
     dw_part = torch.empty((n_blk, k, dm, r), device=x_dbl.device, dtype=torch.float32)
     db_part = torch.empty((n_blk, k, dm), device=x_dbl.device, dtype=torch.float32)
     _kernels()["dt_bwd"][(n_blk, k)](
         ddelta, x_dbl.contiguous(), _dt_weight(dt_w, x_dbl), delta_bias, dx_dbl, dw_part, db_part, m, dm, k * c, c,
-        dm, m * dm, R=r, RP=rp, BLOCK_M=block_m, BLOCK_D=32, num_warps=warps)
+        dm, m * dm, R=r, RP=rp, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps)
     return dx_dbl, dw_part.sum(0), db_part.sum(0).reshape(-1)
 
 
