@@ -93,13 +93,9 @@ def main() -> None:
         ("softplus_grad_kernel", tile.softplus_grad_kernel, 4, dict(BLOCK=st._SOFTPLUS_BLOCK)),
     ]
     for r in (6, 48):  # dt rank at the first and the last VM-UNet stage
-        rp, block_m, block_d, warps = st._dt_blocks(r)
-        kernels += [
-            (f"dt_softplus_fwd_kernel (R={r})", dt.dt_softplus_fwd_kernel, 4,
-             dict(R=r, BLOCK_M=32, BLOCK_D=64)),
-            (f"dt_softplus_bwd_kernel (R={r})", dt.dt_softplus_bwd_kernel, warps,
-             dict(R=r, RP=rp, BLOCK_M=block_m, BLOCK_D=block_d)),
-        ]
+        rp, block_m, warps = st._dt_blocks(r)
+        kernels.append((f"dt_softplus_bwd_kernel (R={r})", dt.dt_softplus_bwd_kernel, warps,
+                        dict(R=r, RP=rp, BLOCK_M=block_m, BLOCK_D=32)))
     for width in (96, 1536):  # LayerNorm widths: first stage, widest
         block_n, block_m, warps = lnt._tiles(width)
         bwd_n, bwd_m, bwd_warps = lnt._tiles(width, lnt._TILE // 2)

@@ -242,8 +242,8 @@ def test_softplus_outside_the_scan_changes_nothing(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_dt_projection_changes_nothing(dtype):
-    """The dt projection + softplus in Triton kernels reading x_dbl (fused_dt=1, default) or as batched GEMMs +
-    the elementwise softplus kernels (fused_dt=0): same output and gradients. Odd D and an R that is not a power
+    """The dt projection's backward in one Triton kernel reading x_dbl (fused_dt=1, default) or as the softplus
+    gradient kernel + batched GEMMs (fused_dt=0): same output and gradients. Odd D and an R that is not a power
     of two exercise the masked tiles; D > the backward's 32-channel blocks its loop over channel blocks."""
     torch.manual_seed(7)
     b, h, w, d, n, r = (1, 3, 5, 40, 4, 3) if not CUDA else (2, 14, 14, 200, 16, 6)
@@ -258,15 +258,14 @@ def test_fused_dt_projection_changes_nothing(dtype):
         results.append([y.detach(), *torch.autograd.grad(y.square().sum(), [x, *params])])
     for name, a, c in zip(["y"] + NAMES, *results):
         assert a.dtype == c.dtype, name
-        # bf16: both round dts @ dt_w to bf16, but a different summation order can round a delta to the next
-        # bf16 value (4e-3 relative); the GEMM path also rounds ddts / d dt_w and ddelta * softplus' to bf16
-        tol = 1e-5 if dtype == torch.float32 else (1e-3 if name == "y" else 2e-2)
+        # bf16: the GEMM path rounds ddts / d dt_w and ddelta * softplus' to bf16
+        tol = 1e-5 if dtype == torch.float32 else (1e-7 if name == "y" else 2e-2)  # same forward: same y
         assert rel_err(a, c) < tol, name
 
 
-def test_dt_kernels_match_torch():
-    """The dt kernels alone against torch maths in float64: delta = softplus(dts @ dt_w^T + bias) and the three
-    reductions of its backward (ddts, d dt_w, d bias), with M not a multiple of the row blocks."""
+def test_dt_backward_kernel_matches_torch():
+    """The dt backward kernel alone against torch autograd in float64 through softplus(dts @ dt_w^T + bias): ddts,
+    d dt_w, d bias; M not a multiple of the row blocks, ranks padded to 16 and to 32 (different tiles)."""
     torch.manual_seed(8)
     bsz, length, k, n, dm = 2, 37, 4, 3, 70
     for r in (6, 20):
@@ -274,18 +273,15 @@ def test_dt_kernels_match_torch():
         x_dbl = torch.randn(bsz, length, k, c, device=DEVICE)
         dt_w = torch.randn(k, dm, r, device=DEVICE) * r ** -0.5
         bias = torch.randn(k * dm, device=DEVICE) - 2.0
-        bias[:5] = 30.0
+        bias[:5] = 30.0  # softplus' identity branch
         g = torch.randn(k, bsz, length, dm, device=DEVICE)
-        delta = st._dt_softplus(x_dbl, dt_w, bias, r)
         dx, d_w, d_b = st._dt_softplus_backward(g, x_dbl, dt_w, bias, r)
-        # float64 reference through autograd
         x64 = x_dbl.double().requires_grad_()
         w64 = dt_w.double().requires_grad_()
         b64 = bias.double().requires_grad_()
         dts = x64[..., :r].permute(2, 0, 1, 3)  # (K, B, L, R)
         ref = F.softplus(torch.einsum("kblr,kdr->kbld", dts, w64) + b64.view(k, 1, 1, dm))
         ref_dx, ref_dw, ref_db = torch.autograd.grad(ref, [x64, w64, b64], g.double())
-        assert rel_err(delta, ref) < 1e-6
         assert rel_err(dx[..., :r], ref_dx[..., :r]) < 1e-6
         assert rel_err(d_w, ref_dw) < 1e-6
         assert rel_err(d_b, ref_db) < 1e-6
@@ -522,8 +518,8 @@ def test_kernels_compile_for_hopper_without_a_gpu():
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = [ln for ln in out.stdout.splitlines() if ln.startswith("  ")]
-    # 4 scan kernels, 2 softplus kernels, 2 dt kernels at 2 ranks, 2 layer-norm kernels at 2 widths
-    assert len(lines) == 14, out.stdout
+    # 4 scan kernels, 2 softplus kernels, the dt backward at 2 ranks, 2 layer-norm kernels at 2 widths
+    assert len(lines) == 12, out.stdout
     for line in lines:  # no register spills (a spilling kernel is slow; the dt tiles were chosen to avoid them)
         assert " 0 bytes spill stores" in line or "ptxas unavailable" in line, line
     for line in lines:

@@ -108,11 +108,10 @@ class ScanConfig:
             (u, delta, B, C); their gradients still leave the kernels in the 16-bit dtype. The kernels compute in
             fp32 either way, so results are identical; 0 = let the kernels load 16-bit values themselves (1.9x
             slower on the H200: docs/benchmarks.md).
-        fused_dt: with ``pre_softplus``, 1 = the dt projection and softplus run in Triton kernels that read dts
-            from the x_proj output (``dt_proj_triton_kernels``): the forward writes the scan's fp32 delta
-            directly, the backward reduces ddts / d dt_w / d dt_bias in one pass; 0 = batched GEMMs (cuBLAS picks
-            slow kernels for their R = 6..48 wide rows: 7 ms per bf16 and ~28 ms per fp32 VM-UNet training step
-            on the H200) plus the elementwise softplus kernels. Same maths.
+        fused_dt: with ``pre_softplus``, 1 = the backward of the dt projection and softplus is one Triton kernel
+            (``dt_proj_triton_kernels``: reads the scan's ddelta once, writes ddts and partial sums of d dt_w /
+            d dt_bias); 0 = the softplus-gradient kernel and batched GEMMs, for which cuBLAS picks slow kernels
+            (R = 6..48 wide rows; 7 ms per bf16 and ~28 ms per fp32 VM-UNet training step on the H200). Same maths.
     """
 
     # Defaults from the H200 sweeps (scripts/gpu_triton_check.py, bf16, 256x256 stage shapes, batch 32;
@@ -285,7 +284,7 @@ def _kernels():
     return {"fwd": kern.fwd_kernel, "bwd": kern.bwd_kernel,
             "fwd_seq": seq.fwd_seq_kernel, "bwd_seq": seq.bwd_seq_kernel,
             "softplus": kern.softplus_delta_kernel, "softplus_grad": kern.softplus_grad_kernel,
-            "dt_fwd": dt.dt_softplus_fwd_kernel, "dt_bwd": dt.dt_softplus_bwd_kernel}
+            "dt_bwd": dt.dt_softplus_bwd_kernel}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -497,45 +496,32 @@ def _fused_dt(cfg: ScanConfig) -> bool:
     return bool(cfg.pre_softplus and cfg.fused_dt)
 
 
-def _dt_blocks(r: int) -> "tuple[int, int, int, int]":
-    """(dt rank padded to a power of two, rows, channels and warps per backward program): no register spills on
-    sm_90 at any VM-UNet rank (6 .. 48; 121 .. 152 registers, scripts/triton_kernel_info.py)."""
-    rp = max(2, _next_pow2(r))
-    return rp, (64 if rp <= 32 else 32), 32, 4
+def _dt_blocks(r: int) -> "tuple[int, int, int]":
+    """(padded dt rank for ``tl.dot``, rows and warps per backward program). Wider ranks get fewer rows and more
+    warps: with 64 x 32 tiles and 4 warps the rank-48 kernel spills (sm_90, scripts/triton_kernel_info.py)."""
+    rp = max(16, _next_pow2(r))
+    return (rp, 128, 4) if rp <= 16 else (rp, 64, 8)
 
 
 def _dt_weight(dt_w: Tensor, x_dbl: Tensor) -> Tensor:
-    # in the activations' dtype, as the GEMM under autocast would use it
+    # in the activations' dtype, as the GEMM under autocast uses it
     return dt_w.to(x_dbl.dtype).contiguous()
 
 
-def _dt_softplus(x_dbl: Tensor, dt_w: Tensor, delta_bias: Tensor, r: int) -> Tensor:
-    """softplus(dts @ dt_w^T + bias) as a new fp32 (K, B, L, D) tensor, dts read from x_dbl (B, L, K, c)."""
-    bsz, length, k, c = x_dbl.shape
-    dm = dt_w.shape[1]
-    m = bsz * length
-    out = torch.empty((k, bsz, length, dm), device=x_dbl.device, dtype=torch.float32)
-    block_m, block_d = 32, 64
-    _kernels()["dt_fwd"][(triton_cdiv(m, block_m), triton_cdiv(dm, block_d), k)](
-        x_dbl.contiguous(), _dt_weight(dt_w, x_dbl), delta_bias, out, m, dm, k * c, c,
-        R=r, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=4)
-    return out
-
-
 def _dt_softplus_backward(ddelta: Tensor, x_dbl: Tensor, dt_w: Tensor, delta_bias: Tensor, r: int):
-    """Backward of :func:`_dt_softplus` from ddelta (K, B, L, D): (fp32 (B, L, K, c) buffer holding ddts in its
+    """Backward of ``softplus(dts @ dt_w^T + bias)`` from ddelta (K, B, L, D): (fp32 (B, L, K, c) buffer holding ddts in its
     first r columns, d dt_w (K, D, R) fp32, d dt_bias (K * D,) fp32)."""
     bsz, length, k, c = x_dbl.shape
     dm = dt_w.shape[1]
     m = bsz * length
-    rp, block_m, block_d, warps = _dt_blocks(r)
+    rp, block_m, warps = _dt_blocks(r)
     n_blk = triton_cdiv(m, block_m)
     dx_dbl = torch.empty((bsz, length, k, c), device=x_dbl.device, dtype=torch.float32)
     dw_part = torch.empty((n_blk, k, dm, r), device=x_dbl.device, dtype=torch.float32)
     db_part = torch.empty((n_blk, k, dm), device=x_dbl.device, dtype=torch.float32)
     _kernels()["dt_bwd"][(n_blk, k)](
         ddelta, x_dbl.contiguous(), _dt_weight(dt_w, x_dbl), delta_bias, dx_dbl, dw_part, db_part, m, dm, k * c, c,
-        dm, m * dm, R=r, RP=rp, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps)
+        dm, m * dm, R=r, RP=rp, BLOCK_M=block_m, BLOCK_D=32, num_warps=warps)
     return dx_dbl, dw_part.sum(0), db_part.sum(0).reshape(-1)
 
 
@@ -544,10 +530,7 @@ def _ss2d_fwd_impl(u, x_dbl, dt_w, A, Ds, delta_bias, H, W, cfg_list, save_state
     cfg = _cfg_from_list(cfg_list)
     r = dt_w.shape[2]
     n = A.shape[1]
-    if _fused_dt(cfg):
-        delta, bias, softplus = _dt_softplus(x_dbl, dt_w, delta_bias, r), None, False
-    else:
-        delta, bias, softplus = _kernel_delta(cfg, _ss2d_delta(x_dbl, dt_w, r)[1], delta_bias)
+    delta, bias, softplus = _kernel_delta(cfg, _ss2d_delta(x_dbl, dt_w, r)[1], delta_bias)
     u, x_dbl = _kernel_dtype(cfg, u, x_dbl)
     u4, dl4, b4, c4 = _ss2d_views(u, x_dbl, delta, r, n)
     y_parts, states = _scan_forward(u4, dl4, b4, c4, A, Ds, bias, H, W, True, softplus, save_states, cfg)
@@ -568,15 +551,13 @@ def _ss2d_bwd_impl(dy, u, x_dbl, dt_w, A, Ds, delta_bias, states, H, W, cfg_list
     cfg = replace(cfg, pre_softplus=fwd_cfg.pre_softplus, fused_dt=fwd_cfg.fused_dt)
     fused = _fused_dt(cfg)
     # delta is recomputed rather than saved: it is the largest tensor of the core (K x the activation)
-    if fused:
-        delta, bias, softplus = _dt_softplus(x_dbl, dt_w, delta_bias, r), None, False
-    else:
-        dts, delta_raw = _ss2d_delta(x_dbl, dt_w, r)
-        delta, bias, softplus = _kernel_delta(cfg, delta_raw, delta_bias)
-        if not softplus:
-            # the softplus' chain rule needs the raw delta after the kernels: recomputing it then (a small GEMM)
-            # keeps it out of the backward's peak memory (~200 MB at the first VM-UNet stage, batch 32, bf16)
-            del delta_raw
+    dts, delta_raw = _ss2d_delta(x_dbl, dt_w, r)
+    delta, bias, softplus = _kernel_delta(cfg, delta_raw, delta_bias)
+    if not softplus:
+        # the softplus' chain rule needs the raw delta after the kernels (the fused dt kernel recomputes it from
+        # dts; the GEMM path recomputes it then): out of the backward's peak memory (~200 MB at the first
+        # VM-UNet stage, batch 32, bf16)
+        del delta_raw
     uk, xk = _kernel_dtype(cfg, u, x_dbl)
     u4, dl4, b4, c4 = _ss2d_views(uk, xk, delta, r, n)
     dy = dy.contiguous()
