@@ -77,7 +77,8 @@ def timed_phases(phases, kernels: bool, top: int) -> None:
         events[i + 1].record()
     torch.cuda.profiler.stop()
     torch.cuda.synchronize()
-    print("  " + ", ".join(f"{name} {events[i].elapsed_time(events[i + 1]):.2f} ms" for i, (name, _) in enumerate(phases)))
+    times = [events[i].elapsed_time(events[i + 1]) for i in range(len(phases))]
+    print("  " + ", ".join(f"{name} {ms:.2f} ms" for (name, _), ms in zip(phases, times)))
     if kernels:
         for name, fn in phases:
             kernel_table(fn, name, top)

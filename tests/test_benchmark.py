@@ -134,6 +134,26 @@ def test_script_help_runs():
     assert proc.returncode == 0 and "--train-batch-size" in proc.stdout
 
 
+def test_gpu_profile_script_inputs_and_cpu_refusal():
+    """scripts/gpu_profile.py builds the published SS2D init at each stage shape and, without CUDA, says so
+    instead of failing inside torch."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        import gpu_profile
+    finally:
+        sys.path.pop(0)
+    for stage, (h, w, d, r) in gpu_profile.STAGE_SHAPES.items():
+        x, (x_proj, dt_w, dt_b, a_logs, ds) = gpu_profile.make_inputs(stage, 1, torch.device("cpu"))
+        assert x.shape == (1, h, w, d) and x_proj.shape == (4, r + 32, d) and dt_w.shape == (4, d, r)
+        # dt biases are softplus^-1 of dts in [1e-3, 0.1] (the published dt_init)
+        assert 1e-3 <= torch.nn.functional.softplus(dt_b).min() and torch.nn.functional.softplus(dt_b).max() <= 0.1
+        assert a_logs.shape == (4 * d, 16) and ds.shape == (4 * d,)
+    if not torch.cuda.is_available():
+        proc = subprocess.run([sys.executable, str(REPO / "scripts" / "gpu_profile.py"), "core"],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode != 0 and "needs a CUDA device" in proc.stderr
+
+
 def test_compiled_rows_match_the_ordinary_forward():
     """--compile: the forward under torch.compile(fullgraph=True) is timed and gives the ordinary forward's output."""
     report = benchmark(device="cpu", backends="torch", image_size=32, repeats=1, warmup=0, train=False, scans=False,

@@ -509,8 +509,8 @@ def _dt_weight(dt_w: Tensor, x_dbl: Tensor) -> Tensor:
 
 
 def _dt_softplus_backward(ddelta: Tensor, x_dbl: Tensor, dt_w: Tensor, delta_bias: Tensor, r: int):
-    """Backward of ``softplus(dts @ dt_w^T + bias)`` from ddelta (K, B, L, D): (fp32 (B, L, K, c) buffer holding ddts in its
-    first r columns, d dt_w (K, D, R) fp32, d dt_bias (K * D,) fp32)."""
+    """Backward of ``softplus(dts @ dt_w^T + bias)`` from ddelta (K, B, L, D): (an fp32 (B, L, K, c) buffer
+    holding ddts in its first r columns, d dt_w (K, D, R) fp32, d dt_bias (K * D,) fp32)."""
     bsz, length, k, c = x_dbl.shape
     dm = dt_w.shape[1]
     m = bsz * length
@@ -572,7 +572,8 @@ def _ss2d_bwd_impl(dy, u, x_dbl, dt_w, A, Ds, delta_bias, states, H, W, cfg_list
     del delta, uk, xk
     du = du_parts.sum(0, dtype=torch.float32).to(u.dtype)
     del du_parts
-    if fused:  # ddelta is dLoss/d softplus(...): the dt kernel applies the chain rule and the projection's
+    if fused:  # ddelta is dLoss/d softplus(z): one kernel for softplus' and the dt projection's backward
+        del dts
         dx_dbl, d_dt_w, d_bias = _dt_softplus_backward(ddelta, x_dbl, dt_w, delta_bias, r)
         del ddelta
         dx_dbl[..., r:r + n] = db.permute(0, 2, 1, 3)
