@@ -34,7 +34,7 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_matches_torch_forward_and_backward(n, dtype):
     """Output, dx, dweight, dbias against float64 ``F.layer_norm`` autograd; widths of the paper network (24 =
     the final expansion, 96, 1536) and one that is not a power of two; rows that do not fill the last tile, and
-    several tiles per backward program (the interpreter runs 8 programs)."""
+    several tiles per backward program (the interpreter runs 4 programs)."""
     torch.manual_seed(n)
     rows = 300 if not CUDA else 70_001
     x = (torch.randn(rows, n, device=DEVICE) * 3 + 1).to(dtype)

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .ss2d_triton import _multiprocessors, _triton_importable, triton_cdiv
+
 __all__ = ["layer_norm", "layer_norm_triton"]
 
 # elements per program tile: measured VM-UNet widths are 24..1536 channels
@@ -43,11 +45,7 @@ def _tracing() -> bool:
 def _use_triton(x: Tensor, normalized_shape: Sequence[int]) -> bool:
     if not x.is_cuda or len(normalized_shape) != 1 or x.numel() == 0 or _tracing() or not _enabled():
         return False
-    if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
-        return False
-    from .ss2d_triton import _triton_importable
-
-    return _triton_importable()
+    return x.dtype in (torch.float32, torch.bfloat16, torch.float16) and _triton_importable()
 
 
 def _tiles(n: int, tile: int = _TILE) -> "tuple[int, int, int]":
@@ -55,12 +53,6 @@ def _tiles(n: int, tile: int = _TILE) -> "tuple[int, int, int]":
     block_n = max(16, 1 << (n - 1).bit_length())
     block_m = max(1, tile // block_n)
     return block_n, block_m, (4 if block_m * block_n <= _TILE else 8)
-
-
-def _programs(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 8  # the interpreter (tests)
-    return 4 * torch.cuda.get_device_properties(device).multi_processor_count
 
 
 class _LayerNormFunction(torch.autograd.Function):
@@ -91,7 +83,8 @@ class _LayerNormFunction(torch.autograd.Function):
         # half-size tiles: the backward holds ~6 fp32 values per element (~100 registers instead of ~200 at 4 warps)
         block_n, block_m, warps = _tiles(n, _TILE // 2)
         n_tiles = triton_cdiv(m, block_m)
-        tiles = triton_cdiv(n_tiles, min(n_tiles, _programs(x2.device)))
+        # 4 programs per multiprocessor, each over consecutive tiles: few weight / bias partials to sum
+        tiles = triton_cdiv(n_tiles, min(n_tiles, 4 * _multiprocessors(x2.device)))
         grid = triton_cdiv(n_tiles, tiles)
         dx = torch.empty_like(x2)
         dw_part = torch.empty((grid, n), device=x2.device, dtype=torch.float32)
@@ -103,10 +96,6 @@ class _LayerNormFunction(torch.autograd.Function):
         dw = dw_part.sum(0).to(weight.dtype) if weight is not None and ctx.needs_input_grad[1] else None
         db = db_part.sum(0).to(bias.dtype) if bias is not None and ctx.needs_input_grad[2] else None
         return dx.view(ctx.shape), dw, db, None, None
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def layer_norm_triton(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float = 1e-5,
