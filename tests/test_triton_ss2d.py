@@ -199,6 +199,17 @@ def test_low_precision_inputs_keep_fp32_state():
     assert gx.dtype == torch.bfloat16 and torch.isfinite(gx.float()).all()
 
 
+def _core_under_configs(x, params, configs):
+    """[y, *grads of x and the five parameters] of ``ss2d_scan_triton`` under each ScanConfig override dict (the
+    interpreter's MID_CFG or the defaults as the base)."""
+    results = []
+    for overrides in configs:
+        st.set_config(MID_CFG if not CUDA else st.ScanConfig(), **overrides)
+        y = st.ss2d_scan_triton(x, *params)
+        results.append([y.detach(), *torch.autograd.grad(y.square().sum(), [x, *params])])
+    return results
+
+
 def test_upcast_16bit_changes_nothing():
     """Handing the kernels fp32 copies of bf16 activations (upcast_16bit=1, default) or the bf16 tensors
     themselves gives the same output and gradients: the kernels compute in fp32 either way."""
@@ -206,11 +217,7 @@ def test_upcast_16bit_changes_nothing():
     b, h, w, d, n, r = (1, 3, 5, 6, 4, 2) if not CUDA else (2, 14, 14, 192, 16, 12)
     params = make_params(d, n, r)
     x = torch.randn(b, h, w, d, device=DEVICE).to(torch.bfloat16).requires_grad_()
-    results = []
-    for upcast in (0, 1):
-        st.set_config(MID_CFG if not CUDA else st.ScanConfig(), upcast_16bit=upcast)
-        y = st.ss2d_scan_triton(x, *params)
-        results.append([y.detach(), *torch.autograd.grad(y.square().sum(), [x, *params])])
+    results = _core_under_configs(x, params, [dict(upcast_16bit=0), dict(upcast_16bit=1)])
     for name, a, c in zip(["y"] + NAMES, *results):
         assert a.dtype == c.dtype, name
         # gradients that pass through 16-bit partials (or, without upcast, a bf16 ddelta) differ by bf16 rounding
@@ -228,12 +235,8 @@ def test_softplus_outside_the_scan_changes_nothing(dtype):
     with torch.no_grad():
         params[2][0, :2] = 25.0
     x = torch.randn(b, h, w, d, device=DEVICE).to(dtype).requires_grad_()
-    results = []
-    for pre in (0, 1):
-        # the GEMM dt projection in both (its fused form has a test of its own)
-        st.set_config(MID_CFG if not CUDA else st.ScanConfig(), pre_softplus=pre, fused_dt=0)
-        y = st.ss2d_scan_triton(x, *params)
-        results.append([y.detach(), *torch.autograd.grad(y.square().sum(), [x, *params])])
+    # the GEMM dt projection in both (its fused form has a test of its own)
+    results = _core_under_configs(x, params, [dict(pre_softplus=0, fused_dt=0), dict(pre_softplus=1, fused_dt=0)])
     for name, a, c in zip(["y"] + NAMES, *results):
         assert a.dtype == c.dtype, name
         # bf16: ddelta is stored in bf16 before (pre_softplus=1) or after (0) the softplus factor
@@ -251,11 +254,7 @@ def test_fused_dt_projection_changes_nothing(dtype):
     with torch.no_grad():
         params[2][1, :3] = 25.0  # softplus' identity branch
     x = torch.randn(b, h, w, d, device=DEVICE).to(dtype).requires_grad_()
-    results = []
-    for fused in (0, 1):
-        st.set_config(MID_CFG if not CUDA else st.ScanConfig(), fused_dt=fused)
-        y = st.ss2d_scan_triton(x, *params)
-        results.append([y.detach(), *torch.autograd.grad(y.square().sum(), [x, *params])])
+    results = _core_under_configs(x, params, [dict(fused_dt=0), dict(fused_dt=1)])
     for name, a, c in zip(["y"] + NAMES, *results):
         assert a.dtype == c.dtype, name
         # bf16: the GEMM path rounds ddts / d dt_w and ddelta * softplus' to bf16
