@@ -17,6 +17,11 @@ kernels they launch (``torch.profiler``: time on the GPU per kernel name).
 training step, each with its kernel table::
 
     python scripts/gpu_profile.py network --dtype bf16 --kernels
+
+``fwd-tiles`` times the sequential forward at the four stage shapes for several tile candidates (channels per
+program x warps), the measurement behind ``ScanConfig``'s per-length forward tiles::
+
+    python scripts/gpu_profile.py fwd-tiles --dtype bf16
 """
 
 from __future__ import annotations
@@ -137,9 +142,43 @@ def profile_network(args, amp) -> None:
     timed_phases([("inference forward", inference), ("training step", step)], args.kernels, args.top)
 
 
+def sweep_forward_tiles(args, amp) -> None:
+    """Time the sequential forward (inference: ``ss2d_scan_triton_parts``, the kernel plus its small input ops) at
+    every stage shape for each (channels per program, warps) candidate; print a table and the fastest per stage."""
+    from vmunet_monai.ops import ss2d_triton as st
+
+    candidates = [tuple(int(v) for v in c.split("x")) for c in args.fwd_tiles.split(",")]
+    before = st.get_config()
+    print(f"sequential forward, batch {args.batch}, {args.dtype}: ms per call (median of {args.repeats})")
+    print("  " + f"{'stage (H, W, D)':>22s}" + "".join(f"{f'{bd} ch x {w} warps':>18s}" for bd, w in candidates))
+    try:
+        for stage in sorted(STAGE_SHAPES):
+            x, params = make_inputs(stage, args.batch, torch.device("cuda"))
+            cells = []
+            for bd, w in candidates:
+                st.set_config(before, fwd_seq=1, fwd_seq_block_d=bd, fwd_seq_warps=w)
+                with torch.no_grad(), amp:
+                    for _ in range(args.warmup):
+                        st.ss2d_scan_triton_parts(x, *params)
+                    times = []
+                    for _ in range(args.repeats):
+                        ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+                        ev[0].record()
+                        st.ss2d_scan_triton_parts(x, *params)
+                        ev[1].record()
+                        torch.cuda.synchronize()
+                        times.append(ev[0].elapsed_time(ev[1]))
+                cells.append(sorted(times)[len(times) // 2])
+            best = min(range(len(cells)), key=cells.__getitem__)
+            print("  " + f"{str((stage, *STAGE_SHAPES[stage][:3])):>22s}" + "".join(f"{c:>15.3f} ms" for c in cells)
+                  + f"   best {candidates[best][0]} ch x {candidates[best][1]} warps")
+    finally:
+        st.set_config(before)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", nargs="?", choices=("core", "network"), default="core")
+    parser.add_argument("mode", nargs="?", choices=("core", "network", "fwd-tiles"), default="core")
     parser.add_argument("--stage", type=int, default=1, choices=sorted(STAGE_SHAPES), help="core: stage shape")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="bf16", help="bf16 = under bf16 autocast")
@@ -147,12 +186,17 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--kernels", action="store_true", help="also print each phase's kernels (torch.profiler)")
     parser.add_argument("--top", type=int, default=25, help="kernels per table")
+    parser.add_argument("--fwd-tiles", default="32x1,64x2,128x4,64x1,16x1,32x2",
+                        help="fwd-tiles: candidates, channels per program x warps")
+    parser.add_argument("--repeats", type=int, default=15, help="fwd-tiles: timed calls per candidate")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("gpu_profile.py needs a CUDA device")
     amp = torch.autocast("cuda", dtype=torch.bfloat16, enabled=args.dtype == "bf16")
     if args.mode == "core":
         profile_core(args, amp)
+    elif args.mode == "fwd-tiles":
+        sweep_forward_tiles(args, amp)
     else:
         profile_network(args, amp)
 

@@ -96,14 +96,18 @@ def main() -> None:
         rp, block_m, warps = st._dt_blocks(r)
         kernels.append((f"dt_softplus_bwd_kernel (R={r})", dt.dt_softplus_bwd_kernel, warps,
                         dict(R=r, RP=rp, BLOCK_M=block_m, BLOCK_D=32)))
-    for width in (96, 1536):  # LayerNorm widths: first stage, widest
+    # LayerNorm: a plain one at the first stage's width; SS2D's out_norm + gate (summing the four scan directions
+    # in the forward, as at inference) at the widest
+    for width, gate in ((96, False), (1536, True)):
         block_n, block_m, warps = lnt._tiles(width)
         bwd_n, bwd_m, bwd_warps = lnt._tiles(width, lnt._TILE // 2)
+        tag = f"C={width}{', gated' if gate else ''}"
         kernels += [
-            (f"layer_norm_fwd_kernel (C={width})", ln.layer_norm_fwd_kernel, warps,
-             dict(BLOCK_M=block_m, BLOCK_N=block_n, HAS_W=True, HAS_B=True, SAVE_STATS=True)),
-            (f"layer_norm_bwd_kernel (C={width})", ln.layer_norm_bwd_kernel, bwd_warps,
-             dict(BLOCK_M=bwd_m, BLOCK_N=bwd_n, HAS_W=True)),
+            (f"layer_norm_fwd_kernel ({tag})", ln.layer_norm_fwd_kernel, warps,
+             dict(BLOCK_M=block_m, BLOCK_N=block_n, HAS_W=True, HAS_B=True, SAVE_STATS=not gate, HAS_GATE=gate,
+                  KP=4 if gate else 1)),
+            (f"layer_norm_bwd_kernel ({tag})", ln.layer_norm_bwd_kernel, bwd_warps,
+             dict(BLOCK_M=bwd_m, BLOCK_N=bwd_n, HAS_W=True, HAS_B=gate, HAS_GATE=gate)),
         ]
     print(f"config {cfg}; target sm_{args.arch}")
     for name, fn, warps, constexprs in kernels:

@@ -121,10 +121,12 @@ def test_bad_arguments(kwargs, error, message):
 
 
 def test_cpu_peak_memory_sees_a_large_allocation():
+    # 256 MiB, touched: large against what other threads of a long test session may free meanwhile (with 64 MiB
+    # this failed once after the Triton interpreter tests, the RSS dropping while the block was filled)
     with peak_memory_tracker(torch.device("cpu")) as mem:
-        block = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        block = torch.ones(256 * 2**20 // 4)
         del block
-    assert mem.peak_mib >= 48
+    assert mem.peak_mib >= 192
 
 
 def test_script_help_runs():

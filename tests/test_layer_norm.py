@@ -90,3 +90,65 @@ def test_module_on_cuda_under_autocast_matches_torch():
     gb = torch.autograd.grad(b.square().mean(), [x, theirs.weight, theirs.bias])
     for got, want in zip(ga, gb):
         assert rel_err(got, want) < 1e-2
+
+
+def _norm_gate_ref(x, z, w, b, eps=1e-5):
+    """float64 ``layer_norm(x) * silu(z)`` with autograd (SS2D's out_norm and gate)."""
+    return F.layer_norm(x, (x.shape[-1],), w, b, eps) * F.silu(z)
+
+
+@pytest.mark.parametrize("n", [24, 100])
+@pytest.mark.parametrize("z_dtype", [torch.float32, torch.bfloat16])
+def test_norm_gate_matches_torch_forward_and_backward(n, z_dtype):
+    """``layer_norm_gate`` (one kernel forward, one backward) against float64 ``F.layer_norm(x) * silu(z)``:
+    output and the gradients of x, weight, bias and z; z a strided view with contiguous rows (the second half of
+    in_proj's output, as in SS2D), several tiles per backward program."""
+    torch.manual_seed(n)
+    rows = 300 if not CUDA else 70_001
+    x = torch.randn(rows, n, device=DEVICE) * 3 + 1
+    xz = (torch.randn(rows, 2 * n, device=DEVICE) * 2).to(z_dtype)
+    w = torch.randn(n, device=DEVICE)
+    b = torch.randn(n, device=DEVICE)
+    dy = torch.randn(rows, n, device=DEVICE)
+    xs = [t.clone().requires_grad_() for t in (x, w, b, xz)]
+    z = xs[3].chunk(2, dim=-1)[1]
+    assert not z.is_contiguous() and lnt._row_stride(z) == 2 * n
+    y = lnt.layer_norm_gate(xs[0], z, (n,), xs[1], xs[2], eps=1e-5)
+    assert y.dtype == z_dtype and y.shape == x.shape
+    grads = torch.autograd.grad(y, xs, dy.to(z_dtype))
+    ref_in = [t.detach().double().requires_grad_() for t in (x, w, b, xz)]
+    ref = _norm_gate_ref(ref_in[0], ref_in[3].chunk(2, dim=-1)[1], ref_in[1], ref_in[2])
+    ref_grads = torch.autograd.grad(ref, ref_in, dy.to(z_dtype).double())
+    tol = 1e-5 if z_dtype == torch.float32 else 1e-2
+    assert rel_err(y, ref) < tol
+    assert grads[3].dtype == z_dtype and torch.equal(grads[3][:, :n], torch.zeros_like(grads[3][:, :n]))
+    for got, want in zip(grads, ref_grads):
+        assert rel_err(got, want) < tol
+
+
+def test_norm_gate_of_parts_sums_them_and_refuses_gradients():
+    """``layer_norm_gate_parts`` normalises the sum of its parts (SS2D's four directions) without writing it."""
+    torch.manual_seed(1)
+    parts = torch.randn(4, 3, 5, 7, 40, device=DEVICE)
+    z = torch.randn(3, 5, 7, 40, device=DEVICE)
+    w, b = torch.randn(40, device=DEVICE), torch.randn(40, device=DEVICE)
+    y = lnt.layer_norm_gate_parts(parts, z, w, b, eps=1e-6)
+    ref = _norm_gate_ref(parts.double().sum(0), z.double(), w.double(), b.double(), eps=1e-6)
+    assert y.shape == z.shape and rel_err(y, ref) < 1e-5
+    with pytest.raises(RuntimeError, match="no backward"):
+        lnt.layer_norm_gate_parts(parts, z, w.requires_grad_(), b)
+
+
+def test_norm_gate_is_only_offered_where_it_runs(monkeypatch):
+    """Fused only for CUDA gates in eager mode, with a last-dimension norm of the gate's width; never on CPU."""
+    z = torch.randn(2, 3, 16)
+    assert not lnt.can_fuse_norm_gate(z, (16,))  # CPU tensors: the modules' own path
+    if CUDA:
+        zc = z.cuda()
+        assert lnt.can_fuse_norm_gate(zc, (16,))
+        assert not lnt.can_fuse_norm_gate(zc, (3, 16)) and not lnt.can_fuse_norm_gate(zc, (8,))
+        monkeypatch.setenv("VMUNET_TRITON_NORM_GATE", "0")
+        assert not lnt.can_fuse_norm_gate(zc, (16,))
+        monkeypatch.setenv("VMUNET_TRITON_NORM_GATE", "1")
+        monkeypatch.setenv("VMUNET_TRITON_LAYER_NORM", "0")
+        assert not lnt.can_fuse_norm_gate(zc, (16,))

@@ -22,11 +22,25 @@ def _rows(x_ptr, pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
-def layer_norm_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, M, N, eps,
+def _gate(z_ptr, offs_m, offs_n, mask, sz_m):
+    # z (row stride sz_m, e.g. the second half of in_proj's output) in fp32, and silu(z) = z sigmoid(z)
+    z = tl.load(z_ptr + offs_m[:, None] * sz_m + offs_n[None, :], mask=mask, other=0.0).to(tl.float32)
+    sig = tl.sigmoid(z)
+    return z, sig, z * sig
+
+
+@triton.jit
+def layer_norm_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, M, N, eps, z_ptr, sz_m, sx_k,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr,
-                          SAVE_STATS: tl.constexpr):
-    """y = (x - mean) / sqrt(var + eps) * w + b per row (biased variance, like torch); saves mean and rstd."""
+                          SAVE_STATS: tl.constexpr, HAS_GATE: tl.constexpr = False, KP: tl.constexpr = 1):
+    """y = (x - mean) / sqrt(var + eps) * w + b per row (biased variance, like torch); saves mean and rstd.
+
+    ``HAS_GATE``: y is then multiplied by silu(z) (SS2D's ``out_norm(y) * silu(z)``). ``KP > 1``: x is the sum of
+    KP (M, N) parts ``sx_k`` elements apart (SS2D's four scan directions, summed in order 0, 1, 2, ...).
+    """
     offs_m, offs_n, offs, mask, x = _rows(x_ptr, tl.program_id(0), M, N, BLOCK_M, BLOCK_N)
+    for k in tl.static_range(1, KP):
+        x += tl.load(x_ptr + k * sx_k + offs, mask=mask, other=0.0).to(tl.float32)
     mean = tl.sum(x, axis=1) / N
     xc = tl.where(mask, x - mean[:, None], 0.0)
     rstd = 1.0 / tl.sqrt(tl.sum(xc * xc, axis=1) / N + eps)
@@ -35,6 +49,8 @@ def layer_norm_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, M, N, 
         y = y * tl.load(w_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
     if HAS_B:
         y = y + tl.load(b_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)[None, :]
+    if HAS_GATE:
+        y = y * _gate(z_ptr, offs_m, offs_n, mask, sz_m)[2]
     tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
     if SAVE_STATS:
         tl.store(mean_ptr + offs_m, mean, mask=offs_m < M)
@@ -43,9 +59,14 @@ def layer_norm_fwd_kernel(x_ptr, w_ptr, b_ptr, y_ptr, mean_ptr, rstd_ptr, M, N, 
 
 @triton.jit
 def layer_norm_bwd_kernel(dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_part_ptr, db_part_ptr, M, N,
-                          TILES, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_W: tl.constexpr):
+                          TILES, b_ptr, z_ptr, sz_m, dz_ptr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                          HAS_W: tl.constexpr, HAS_B: tl.constexpr = False, HAS_GATE: tl.constexpr = False):
     """dx = rstd (dy w - mean(dy w) - xhat mean(dy w xhat)) per row, for TILES consecutive row tiles per program;
-    the program's sums of dy xhat and dy over its rows go to row ``program_id`` of dw_part / db_part."""
+    the program's sums of dy xhat and dy over its rows go to row ``program_id`` of dw_part / db_part.
+
+    ``HAS_GATE`` (forward ``LN(x) * silu(z)``): dy is the gradient of the gated output; the kernel also writes
+    dz = dy LN(x) silu'(z) (contiguous (M, N)), recomputing LN(x) from x, mean, rstd, w, b.
+    """
     pid = tl.program_id(0)
     offs_n = tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
@@ -53,6 +74,10 @@ def layer_norm_bwd_kernel(dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_p
         w = tl.load(w_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
     else:
         w = tl.full([BLOCK_N], 1.0, tl.float32)
+    if HAS_B:
+        bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros([BLOCK_N], dtype=tl.float32)
     dw_acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     db_acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for i in range(TILES):  # runtime count: one compiled kernel per width, any number of rows
@@ -61,6 +86,12 @@ def layer_norm_bwd_kernel(dy_ptr, x_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_p
         mean = tl.load(mean_ptr + offs_m, mask=offs_m < M, other=0.0)
         rstd = tl.load(rstd_ptr + offs_m, mask=offs_m < M, other=0.0)
         xhat = tl.where(mask, (x - mean[:, None]) * rstd[:, None], 0.0)
+        if HAS_GATE:
+            z, sig, silu = _gate(z_ptr, offs_m, offs_n, mask, sz_m)
+            # d silu(z) / dz = sig (1 + z (1 - sig))
+            dz = dy * (xhat * w[None, :] + bias[None, :]) * (sig * (1.0 + z * (1.0 - sig)))
+            tl.store(dz_ptr + offs, dz.to(dz_ptr.dtype.element_ty), mask=mask)
+            dy = dy * silu
         wdy = dy * w[None, :]
         c1 = tl.sum(xhat * wdy, axis=1) / N
         c2 = tl.sum(wdy, axis=1) / N

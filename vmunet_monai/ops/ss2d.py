@@ -11,7 +11,7 @@ import importlib
 
 import torch
 
-__all__ = ["cross_scan", "cross_merge", "ss2d_core", "ss2d_core_generic"]
+__all__ = ["cross_scan", "cross_merge", "ss2d_core", "ss2d_core_generic", "ss2d_core_norm_gate"]
 
 def cross_scan(x: torch.Tensor) -> torch.Tensor:
     """``(B, D, H, W)`` -> ``(B, 4, D, L)``: row-major, column-major, and both reversed (published order)."""
@@ -120,6 +120,48 @@ def ss2d_core(
             fused = getattr(importlib.import_module(module_name), func_name)
         return fused(x.permute(0, 2, 3, 1).contiguous(), *params)
     return ss2d_core_generic(x, *params, backend=name)
+
+
+def ss2d_core_norm_gate(
+    x: torch.Tensor,
+    x_proj_weight: torch.Tensor,
+    dt_projs_weight: torch.Tensor,
+    dt_projs_bias: torch.Tensor,
+    A_logs: torch.Tensor,
+    Ds: torch.Tensor,
+    backend: str,
+    z: torch.Tensor,
+    norm_weight: torch.Tensor | None,
+    norm_bias: torch.Tensor | None,
+    eps: float,
+) -> torch.Tensor:
+    """``layer_norm(ss2d_core(x, ...)) * silu(z)`` (SS2D's core, ``out_norm`` and gate) with the norm and the gate
+    in one Triton kernel; on the ``triton`` core without gradients the four directions are summed in it too.
+
+    Needs ``layer_norm_triton.can_fuse_norm_gate(z, (D,))`` (a CUDA gate, eager mode). Same maths as the modules,
+    except where the result is rounded: in ``z``'s dtype, or under autocast in the autocast dtype (the result feeds
+    ``out_proj``, which autocast runs in that dtype).
+
+    Args:
+        x: ``(B, D, H, W)`` activation after the depthwise conv and SiLU.
+        backend: as in :func:`ss2d_core`.
+        z: ``(B, H, W, D)`` gate (the second half of ``in_proj``'s output).
+        norm_weight, norm_bias, eps: ``out_norm``'s parameters.
+
+    Returns:
+        ``(B, H, W, D)``: the gated, normalised core output.
+    """
+    from vmunet_monai.ops.backends import _needs_grad, resolve_backend_name
+    from vmunet_monai.ops.layer_norm_triton import layer_norm_gate, layer_norm_gate_parts
+
+    params = (x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
+    if resolve_backend_name(backend, x) == "triton" and not _needs_grad(x, *params, z, norm_weight, norm_bias):
+        from vmunet_monai.ops.ss2d_triton import ss2d_scan_triton_parts
+
+        parts = ss2d_scan_triton_parts(x.permute(0, 2, 3, 1).contiguous(), *params)
+        return layer_norm_gate_parts(parts, z, norm_weight, norm_bias, eps)
+    y = ss2d_core(x, *params, backend=backend)
+    return layer_norm_gate(y, z, (y.shape[-1],), norm_weight, norm_bias, eps)
 
 
 def softplus_inverse(x: torch.Tensor) -> torch.Tensor:

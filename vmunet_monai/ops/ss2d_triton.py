@@ -64,6 +64,7 @@ __all__ = [
     "selective_scan_triton",
     "set_config",
     "ss2d_scan_triton",
+    "ss2d_scan_triton_parts",
 ]
 
 
@@ -90,7 +91,7 @@ class ScanConfig:
         fwd_seq: 1 = forward kernel steps through time one step per iteration (``fwd_seq_kernel``: state in
             registers, no scan tree; ``fwd_block_l`` then only sets the state-saving granularity) instead of
             chunked ``tl.associative_scan`` (0); 2 = choose per call: the sequential kernel when it has at least
-            4 programs per streaming multiprocessor (throughput: batch 32 at every VM-UNet stage), the chunked one
+            4 warps per streaming multiprocessor (throughput: batch 32 at every VM-UNet stage), the chunked one
             otherwise (a batch-1 forward would walk 4096 steps in a handful of programs).
         fwd_seq_block_d: channels per program of the sequential forward (power of two).
         fwd_seq_warps: warps per program of the sequential forward.
@@ -115,8 +116,8 @@ class ScanConfig:
     """
 
     # Defaults from the H200 sweeps (scripts/gpu_triton_check.py, bf16, 256x256 stage shapes, batch 32;
-    # docs/benchmarks.md, fourth and fifth sessions). Forward: at batch 32 the sequential kernel (32 channels,
-    # one warp; 16.8 ms per step of the 15 cores against 20.3 ms for the tile kernel), at batch 1 the tile kernel
+    # docs/benchmarks.md, fourth to seventh sessions). Forward: at batch 32 the sequential kernel (see
+    # fwd_seq_block_d below; 16.8 ms per step of the 15 cores against 20.3 ms for the tile kernel), at batch 1 the tile kernel
     # (16 steps x 16 channels, 4 warps; the sequential one walks 4096 steps in a handful of programs: 9.4 ms
     # instead of 2.9 ms batch-1 latency as a CUDA graph), chosen per call by ``fwd_seq=2``. Backward: the
     # sequential kernel, 16-step sub-segments, 32 channels per one-warp program, loads pipelined 4 deep: 92 ms per
@@ -138,8 +139,10 @@ class ScanConfig:
     bwd_seq: int = 1
     seq_stages: int = 4
     pre_softplus: int = 1
-    fwd_seq_block_d: int = 32
-    fwd_seq_warps: int = 1
+    # sequential forward: 64 channels and two warps per program (32 and one before): bf16 VM-UNet inference as a
+    # CUDA graph 16.4 instead of 17.9 ms, fp32 23.4 instead of 25.2 ms (H200, docs/benchmarks.md, seventh session)
+    fwd_seq_block_d: int = 64
+    fwd_seq_warps: int = 2
     fused_dt: int = 1
 
     def validate(self) -> "ScanConfig":
@@ -316,10 +319,10 @@ def _multiprocessors(device: torch.device) -> int:
 
 
 def _use_seq_forward(cfg: ScanConfig, n_bk: int, dm: int, device: torch.device) -> bool:
-    """``fwd_seq`` 0 / 1, or for 2 whether the sequential forward has >= 4 programs per multiprocessor."""
+    """``fwd_seq`` 0 / 1, or for 2 whether the sequential forward has >= 4 warps per multiprocessor."""
     if cfg.fwd_seq != 2:
         return bool(cfg.fwd_seq)
-    return n_bk * triton_cdiv(dm, cfg.fwd_seq_block_d) >= 4 * _multiprocessors(device)
+    return n_bk * triton_cdiv(dm, cfg.fwd_seq_block_d) * cfg.fwd_seq_warps >= 4 * _multiprocessors(device)
 
 
 def _scan_forward(u4, dl4, b4, c4, A, Dskip, bias, H, W, cross, softplus, save_states, cfg):
@@ -525,15 +528,21 @@ def _dt_softplus_backward(ddelta: Tensor, x_dbl: Tensor, dt_w: Tensor, delta_bia
     return dx_dbl, dw_part.sum(0), db_part.sum(0).reshape(-1)
 
 
-def _ss2d_fwd_impl(u, x_dbl, dt_w, A, Ds, delta_bias, H, W, cfg_list, save_states):
-    """Forward of the fused core: (y (B, L, D) fp32, saved states or a 1-element placeholder)."""
+def _ss2d_fwd_parts(u, x_dbl, dt_w, A, Ds, delta_bias, H, W, cfg_list, save_states):
+    """Forward of the fused core: (the four directions' outputs (K, B, L, D) fp32, saved states or a 1-element
+    placeholder)."""
     cfg = _cfg_from_list(cfg_list)
     r = dt_w.shape[2]
     n = A.shape[1]
     delta, bias, softplus = _kernel_delta(cfg, _ss2d_delta(x_dbl, dt_w, r)[1], delta_bias)
     u, x_dbl = _kernel_dtype(cfg, u, x_dbl)
     u4, dl4, b4, c4 = _ss2d_views(u, x_dbl, delta, r, n)
-    y_parts, states = _scan_forward(u4, dl4, b4, c4, A, Ds, bias, H, W, True, softplus, save_states, cfg)
+    return _scan_forward(u4, dl4, b4, c4, A, Ds, bias, H, W, True, softplus, save_states, cfg)
+
+
+def _ss2d_fwd_impl(u, x_dbl, dt_w, A, Ds, delta_bias, H, W, cfg_list, save_states):
+    """Forward of the fused core: (y (B, L, D) fp32, saved states or a 1-element placeholder)."""
+    y_parts, states = _ss2d_fwd_parts(u, x_dbl, dt_w, A, Ds, delta_bias, H, W, cfg_list, save_states)
     return y_parts.sum(0), states
 
 
@@ -685,33 +694,8 @@ def _try_register_custom_ops():
 _CUSTOM_OP = _try_register_custom_ops() if os.environ.get("VMUNET_TRITON_CUSTOM_OP", "1") != "0" else None
 
 
-def ss2d_scan_triton(
-    x: torch.Tensor,
-    x_proj_weight: torch.Tensor,
-    dt_projs_weight: torch.Tensor,
-    dt_projs_bias: torch.Tensor,
-    A_logs: torch.Tensor,
-    Ds: torch.Tensor,
-) -> torch.Tensor:
-    """SS2D core (cross-scan, x_proj, dt_proj, selective scan, cross-merge) with fused Triton scans.
-
-    Args:
-        x: (B, H, W, D) channels-last activation after the depthwise conv and SiLU; any float dtype.
-        x_proj_weight: (K=4, R + 2N, D).
-        dt_projs_weight: (4, D, R).
-        dt_projs_bias: (4, D).
-        A_logs: (4 * D, N); the scan uses ``A = -exp(A_logs)``.
-        Ds: (4 * D,).
-
-    Returns:
-        y: (B, H, W, D) float32, the sum of the four directions' scan outputs (before ``out_norm``).
-        Differentiable with respect to ``x`` and every parameter.
-
-    Example::
-
-        >>> x = torch.randn(2, 8, 8, 32, device="cuda")
-        >>> y = ss2d_scan_triton(x, xw, dtw, dtb, A_logs, Ds)  # (2, 8, 8, 32) float32
-    """
+def _ss2d_inputs(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds):
+    """Check the shapes; (u (B, L, D), x_dbl (B, L, K, R + 2N), A fp32, Ds fp32, dt bias fp32 (K * D,))."""
     if x.dim() != 4:
         raise ValueError(f"ss2d_scan_triton expects x of shape (B, H, W, D), got {tuple(x.shape)}")
     Bsz, H, W, DM = x.shape
@@ -739,6 +723,38 @@ def ss2d_scan_triton(
     A = -torch.exp(A_logs.float()).contiguous()
     Dsf = Ds.float().contiguous()
     bias = dt_projs_bias.float().reshape(-1).contiguous()
+    return u, x_dbl, A, Dsf, bias
+
+
+def ss2d_scan_triton(
+    x: torch.Tensor,
+    x_proj_weight: torch.Tensor,
+    dt_projs_weight: torch.Tensor,
+    dt_projs_bias: torch.Tensor,
+    A_logs: torch.Tensor,
+    Ds: torch.Tensor,
+) -> torch.Tensor:
+    """SS2D core (cross-scan, x_proj, dt_proj, selective scan, cross-merge) with fused Triton scans.
+
+    Args:
+        x: (B, H, W, D) channels-last activation after the depthwise conv and SiLU; any float dtype.
+        x_proj_weight: (K=4, R + 2N, D).
+        dt_projs_weight: (4, D, R).
+        dt_projs_bias: (4, D).
+        A_logs: (4 * D, N); the scan uses ``A = -exp(A_logs)``.
+        Ds: (4 * D,).
+
+    Returns:
+        y: (B, H, W, D) float32, the sum of the four directions' scan outputs (before ``out_norm``).
+        Differentiable with respect to ``x`` and every parameter.
+
+    Example::
+
+        >>> x = torch.randn(2, 8, 8, 32, device="cuda")
+        >>> y = ss2d_scan_triton(x, xw, dtw, dtb, A_logs, Ds)  # (2, 8, 8, 32) float32
+    """
+    u, x_dbl, A, Dsf, bias = _ss2d_inputs(x, x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
+    Bsz, H, W, DM = x.shape
     op = _CUSTOM_OP
     with torch.autocast(device_type=x.device.type, enabled=False):
         # the dt projection runs inside (in x_dbl's dtype, as autocast would) so that its large output
@@ -750,6 +766,31 @@ def ss2d_scan_triton(
         else:
             y = _SS2DScanFunction.apply(u, x_dbl, dt_projs_weight, A, Dsf, bias, H, W)
     return y.view(Bsz, H, W, DM)
+
+
+def ss2d_scan_triton_parts(
+    x: torch.Tensor,
+    x_proj_weight: torch.Tensor,
+    dt_projs_weight: torch.Tensor,
+    dt_projs_bias: torch.Tensor,
+    A_logs: torch.Tensor,
+    Ds: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`ss2d_scan_triton` without the sum over the four directions, for inference (no gradient).
+
+    Returns:
+        (4, B, H, W, D) float32, one scan output per direction (already in pixel order); their sum (in direction
+        order) is :func:`ss2d_scan_triton`'s output. ``layer_norm_gate_parts`` sums them while normalising, so
+        the summed tensor is never written.
+    """
+    params = (x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *params)):
+        raise RuntimeError("ss2d_scan_triton_parts has no backward; use ss2d_scan_triton when gradients are needed")
+    u, x_dbl, A, Dsf, bias = _ss2d_inputs(x, *params)
+    Bsz, H, W, DM = x.shape
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        parts, _ = _ss2d_fwd_parts(u, x_dbl, dt_projs_weight, A, Dsf, bias, H, W, _cfg_to_list(get_config()), False)
+    return parts.view(4, Bsz, H, W, DM)
 
 
 # --------------------------------------------------------------------------------------------------

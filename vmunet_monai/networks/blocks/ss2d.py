@@ -9,7 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vmunet_monai.networks.blocks.layer_norm import LayerNorm
-from vmunet_monai.ops.ss2d import softplus_inverse, ss2d_core
+from vmunet_monai.ops.layer_norm_triton import can_fuse_norm_gate
+from vmunet_monai.ops.ss2d import softplus_inverse, ss2d_core, ss2d_core_norm_gate
 
 __all__ = ["SS2D"]
 
@@ -19,7 +20,8 @@ class SS2D(nn.Module):
 
     ``in_proj`` -> (x, z); x -> depthwise 3x3 conv -> SiLU -> four-direction selective scan (softplus delta with
     bias, ``A = -exp(A_logs)``, skip ``Ds``) summed over directions -> ``out_norm`` -> ``* SiLU(z)`` ->
-    ``out_proj``. Parameter names and shapes are the published ones (``x_proj_weight (4, R+2N, D)``,
+    ``out_proj``. On CUDA ``out_norm`` and the gate run as one Triton kernel (``VMUNET_TRITON_NORM_GATE=0`` turns
+    that off). Parameter names and shapes are the published ones (``x_proj_weight (4, R+2N, D)``,
     ``dt_projs_weight (4, D, R)``, ``dt_projs_bias (4, D)``, ``A_logs (4D, N)``, ``Ds (4D,)``).
 
     Args:
@@ -129,9 +131,16 @@ class SS2D(nn.Module):
         # A permuted view is a channels-last NCHW tensor: the depthwise conv keeps that memory format, so the
         # fused backends can read the result as (B, H, W, D) without a copy.
         x = self.act(self.conv2d(x.permute(0, 3, 1, 2)))
-        y = ss2d_core(x, self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs, self.Ds, self.scan_backend)
-        # under autocast the published code keeps the float32 scan output through out_norm
-        y = self.out_norm(y if torch.is_autocast_enabled(y.device.type) else y.to(z.dtype))
-        y = y * F.silu(z)
+        params = (self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs, self.Ds)
+        if can_fuse_norm_gate(z, self.out_norm.normalized_shape):
+            # CUDA: out_norm and the gate in one Triton kernel (with the triton core at inference, the sum over
+            # the four scan directions too); same maths, rounded once in the dtype out_proj runs in
+            y = ss2d_core_norm_gate(x, *params, self.scan_backend, z, self.out_norm.weight, self.out_norm.bias,
+                                    self.out_norm.eps)
+        else:
+            y = ss2d_core(x, *params, self.scan_backend)
+            # under autocast the published code keeps the float32 scan output through out_norm
+            y = self.out_norm(y if torch.is_autocast_enabled(y.device.type) else y.to(z.dtype))
+            y = y * F.silu(z)
         out = self.out_proj(y)
         return self.dropout(out) if self.dropout is not None else out
