@@ -9,6 +9,7 @@ Triton version, which may differ from the GPU machine's (docs/benchmarks.md says
 
     python scripts/triton_kernel_info.py                    # default tiles of every kernel, sm_90
     python scripts/triton_kernel_info.py --arch 80 --dump /tmp/ir   # A100; also write the IR and PTX
+    python scripts/triton_kernel_info.py --loops            # and the SASS instructions per loop (per time step)
 """
 
 from __future__ import annotations
@@ -61,10 +62,50 @@ def ptxas_report(ptx: str, arch: int) -> str:
     return "ptxas unavailable"
 
 
+def loop_report(ptx: str, arch: int) -> "list[str]":
+    """Instructions per loop of the SASS (``cuobjdump`` of the ptxas-built cubin, both from the triton wheel): one
+    line per backward branch, innermost loops first, with the count of the main instruction kinds. Shows what a time
+    step of the sequential scans costs beyond its arithmetic (shuffles, shared-memory round trips, barriers)."""
+    import collections
+    import triton
+
+    bin_dir = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    tmp = Path(os.environ.get("TMPDIR", "/tmp"))
+    ptx_file, cubin = tmp / "vmunet_kernel_loops.ptx", tmp / "vmunet_kernel_loops.cubin"
+    ptx_file.write_text(ptx)
+    for exe in ("ptxas-blackwell", "ptxas"):
+        if (bin_dir / exe).exists() and subprocess.run(
+                [str(bin_dir / exe), f"-arch=sm_{arch}a" if arch >= 90 else f"-arch=sm_{arch}", str(ptx_file),
+                 "-o", str(cubin)], capture_output=True).returncode == 0:
+            break
+    else:
+        return ["ptxas unavailable"]
+    if not (bin_dir / "cuobjdump").exists():
+        return ["cuobjdump unavailable"]
+    sass = subprocess.run([str(bin_dir / "cuobjdump"), "-sass", str(cubin)], capture_output=True, text=True).stdout
+    ins = [(int(m.group(1), 16), m.group(2).strip()) for m in
+           (re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(.*?);", line) for line in sass.splitlines()) if m]
+    index = {addr: i for i, (addr, _) in enumerate(ins)}
+    loops = []
+    for i, (addr, text) in enumerate(ins):
+        target = re.search(r"BRA\s.*?0x([0-9a-f]+)", text)
+        if target and int(target.group(1), 16) <= addr and int(target.group(1), 16) in index:
+            loops.append((index[int(target.group(1), 16)], i))
+    kinds = ("MUFU", "FFMA", "FMUL", "FADD", "SHFL", "BAR", "LDS", "STS", "LDG", "STG", "LDGSTS")
+    lines = []
+    for start, end in sorted(loops, key=lambda se: se[1] - se[0]):
+        ops = collections.Counter((t.split()[1] if t.startswith("@") else t.split()[0]).split(".")[0]
+                                  for _, t in ins[start:end + 1])
+        lines.append(f"loop {ins[start][0]:#x}-{ins[end][0]:#x}: {end - start + 1} instructions; "
+                     + ", ".join(f"{k} {ops[k]}" for k in kinds if ops[k]))
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", type=int, default=90, help="compute capability x10 (90 = Hopper, 80 = Ampere)")
     parser.add_argument("--dump", default=None, help="folder to write each kernel's TTGIR and PTX into")
+    parser.add_argument("--loops", action="store_true", help="also count the SASS instructions of each kernel's loops")
     args = parser.parse_args()
 
     from vmunet_monai.ops import dt_proj_triton_kernels as dt
@@ -120,6 +161,9 @@ def main() -> None:
         print(f"  {name:34s} warps {warps}: {ptxas_report(compiled.asm['ptx'], args.arch)}; "
               f"{ttgir.count('ttg.convert_layout')} layout conversions, "
               f"{ttgir.count('async_copy_global_to_local')} pipelined (async) loads")
+        if args.loops:
+            for line in loop_report(compiled.asm["ptx"], args.arch):
+                print(f"      {line}")
         if args.dump:
             out = Path(args.dump)
             out.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ shapes; with CUDA the same tests run on the GPU with larger shapes, odd sizes an
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import replace
 
 import pytest
@@ -596,9 +597,21 @@ def test_kernels_compile_for_hopper_without_a_gpu():
 
     script = Path(__file__).resolve().parents[1] / "scripts" / "triton_kernel_info.py"
     env = dict(os.environ, TRITON_INTERPRET="0")
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
+    out = subprocess.run([sys.executable, str(script), "--loops"], capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("  ")]
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("  ") and not ln.startswith("      ")]
+    if "ptxas unavailable" not in out.stdout and "cuobjdump unavailable" not in out.stdout:
+        # --loops: the loops of each kernel follow its line; the sequential forward's time loop has its 16 exp2
+        # per thread per step (a 16-state x 32-channel slice per warp)
+        all_lines = out.stdout.splitlines()
+        at = next(i for i, ln in enumerate(all_lines) if ln.strip().startswith("fwd_seq_kernel"))
+        fwd_loops = []
+        for ln in all_lines[at + 1:]:
+            if not ln.startswith("      "):
+                break
+            fwd_loops.append(ln.strip())
+        assert any(re.fullmatch(r"loop 0x[0-9a-f]+-0x[0-9a-f]+: \d+ instructions; MUFU 16,.*", ln) for ln in fwd_loops), \
+            fwd_loops
     # 4 scan kernels, 2 softplus kernels, the dt backward at 2 ranks, 2 layer-norm kernels at 2 widths (the wider
     # as SS2D's fused out_norm + gate)
     assert len(lines) == 12, out.stdout
