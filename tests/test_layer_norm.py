@@ -139,6 +139,16 @@ def test_norm_gate_of_parts_sums_them_and_refuses_gradients():
         lnt.layer_norm_gate_parts(parts, z, w.requires_grad_(), b)
 
 
+def test_norm_gate_rejects_mismatched_shapes():
+    x = torch.randn(4, 8, device=DEVICE)
+    with pytest.raises(ValueError, match="gate of the input's shape"):
+        lnt.layer_norm_gate(x, torch.randn(4, 1, device=DEVICE), (8,))
+    with pytest.raises(ValueError, match="last-dimension norm"):
+        lnt.layer_norm_gate(x, torch.randn(4, 8, device=DEVICE), (4, 8))
+    with pytest.raises(ValueError, match="parts of shape"):
+        lnt.layer_norm_gate_parts(torch.randn(4, 3, 8, device=DEVICE), x)
+
+
 def test_norm_gate_is_only_offered_where_it_runs(monkeypatch):
     """Fused only for CUDA gates in eager mode, with a last-dimension norm of the gate's width; never on CPU."""
     z = torch.randn(2, 3, 16)

@@ -176,6 +176,9 @@ def layer_norm_gate(x: Tensor, z: Tensor, normalized_shape: Sequence[int], weigh
 
         >>> out = layer_norm_gate(y, z, (192,), norm.weight, norm.bias, norm.eps)   # y, z: (B, H, W, 192) CUDA
     """
+    if z.shape != x.shape or tuple(normalized_shape) != (x.shape[-1],):
+        raise ValueError(f"layer_norm_gate needs a gate of the input's shape and a last-dimension norm: x "
+                         f"{tuple(x.shape)}, z {tuple(z.shape)}, normalized_shape {tuple(normalized_shape)}")
     return _LayerNormFunction.apply(x, weight, bias, eps, _gate_out_dtype(x, z), z)
 
 
@@ -185,6 +188,9 @@ def layer_norm_gate_parts(parts: Tensor, z: Tensor, weight: Optional[Tensor] = N
     (SS2D's four scan directions: the sum is never written). Inference only: no gradient."""
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (parts, z, weight, bias)):
         raise RuntimeError("layer_norm_gate_parts has no backward; use layer_norm_gate on the summed input")
+    if parts.shape[1:] != z.shape:
+        raise ValueError(f"layer_norm_gate_parts needs parts of shape (P, *z.shape): parts {tuple(parts.shape)}, "
+                         f"z {tuple(z.shape)}")
     n = parts.shape[-1]
     p = parts.shape[0]
     x2 = parts.contiguous().view(p, -1, n)
