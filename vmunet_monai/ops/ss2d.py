@@ -110,8 +110,9 @@ def ss2d_core(
         # probes load a C library, which torch.compile cannot trace); fused cores never run on CPU by "auto"
         return ss2d_core_generic(x, *params, backend=backend)
     # "auto" -> the fastest available here (logged once). On CUDA that is the fused triton core for training
-    # and inference alike: measured on an H200 (docs/benchmarks.md) VM-UNet trains at 276 img/s fp32 / 340 bf16
-    # against mamba_ssm's 143 / 178 and infers at 1,186 / 1,521 against 512 / 557, with a deterministic backward.
+    # and inference alike: measured on an H200 (docs/benchmarks.md) VM-UNet trains at 251-292 img/s fp32 / 259-330
+    # bf16 eager (312 / 399 as a CUDA-graph step) against mamba_ssm's 143 / 178, and infers at 1,357 / 1,987 as a
+    # CUDA graph against 512 / 557 eager, with a deterministic backward.
     name = resolve_backend_name(backend, x)
     fused = get_backend(name).fused_core
     if fused is not None:
