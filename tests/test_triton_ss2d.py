@@ -610,8 +610,8 @@ def test_kernels_compile_for_hopper_without_a_gpu():
             if not ln.startswith("      "):
                 break
             fwd_loops.append(ln.strip())
-        assert any(re.fullmatch(r"loop 0x[0-9a-f]+-0x[0-9a-f]+: \d+ instructions; MUFU 16,.*", ln) for ln in fwd_loops), \
-            fwd_loops
+        time_loop = r"loop 0x[0-9a-f]+-0x[0-9a-f]+: \d+ instructions; MUFU 16,.*"
+        assert any(re.fullmatch(time_loop, ln) for ln in fwd_loops), fwd_loops
     # 4 scan kernels, 2 softplus kernels, the dt backward at 2 ranks, 2 layer-norm kernels at 2 widths (the wider
     # as SS2D's fused out_norm + gate)
     assert len(lines) == 12, out.stdout

@@ -167,10 +167,11 @@ def layer_norm_gate(x: Tensor, z: Tensor, normalized_shape: Sequence[int], weigh
                     bias: Optional[Tensor] = None, eps: float = 1e-5) -> Tensor:
     """``layer_norm(x) * silu(z)`` (SS2D's ``out_norm`` and gate) in one kernel forward and one backward.
 
-    Needs :func:`can_fuse_norm_gate` and ``x.shape == z.shape``. ``x`` is normalised in fp32 whatever its dtype; the result is ``z``'s dtype,
-    or under autocast the autocast dtype (the gated product feeds ``out_proj``, which autocast runs in that dtype:
-    the fp32 product the unfused modules make is rounded there instead). ``z`` may be a strided view with
-    contiguous rows (the second half of ``in_proj``'s output); its gradient comes back in its dtype.
+    Needs :func:`can_fuse_norm_gate` and ``x.shape == z.shape``. ``x`` is normalised in fp32 whatever its dtype;
+    the result is ``z``'s dtype, or under autocast the autocast dtype (the gated product feeds ``out_proj``, which
+    autocast runs in that dtype: the fp32 product the unfused modules make is rounded there instead). ``z`` may be a
+    strided view with contiguous rows (the second half of ``in_proj``'s output); its gradient comes back in its
+    dtype.
 
     Example::
 

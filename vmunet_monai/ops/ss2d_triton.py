@@ -117,12 +117,12 @@ class ScanConfig:
 
     # Defaults from the H200 sweeps (scripts/gpu_triton_check.py, bf16, 256x256 stage shapes, batch 32;
     # docs/benchmarks.md, fourth to seventh sessions). Forward: at batch 32 the sequential kernel (see
-    # fwd_seq_block_d below; 16.8 ms per step of the 15 cores against 20.3 ms for the tile kernel), at batch 1 the tile kernel
-    # (16 steps x 16 channels, 4 warps; the sequential one walks 4096 steps in a handful of programs: 9.4 ms
-    # instead of 2.9 ms batch-1 latency as a CUDA graph), chosen per call by ``fwd_seq=2``. Backward: the
-    # sequential kernel, 16-step sub-segments, 32 channels per one-warp program, loads pipelined 4 deep: 92 ms per
-    # bf16 training step of the 15 SS2D cores (fifth session), against 138 ms for the best tile backward (8 x 32,
-    # 4 warps; 255 registers with spills; fourth session).
+    # fwd_seq_block_d below; 16.8 ms per step of the 15 cores against 20.3 ms for the tile kernel), at batch 1
+    # the tile kernel (16 steps x 16 channels, 4 warps; the sequential one walks 4096 steps in a handful of
+    # programs: 9.4 ms instead of 2.9 ms batch-1 latency as a CUDA graph), chosen per call by ``fwd_seq=2``.
+    # Backward: the sequential kernel, 16-step sub-segments, 32 channels per one-warp program, loads pipelined
+    # 4 deep: 92 ms per bf16 training step of the 15 SS2D cores (fifth session), against 138 ms for the best tile
+    # backward (8 x 32, 4 warps; 255 registers with spills; fourth session).
     fwd_block_l: int = 16
     fwd_block_d: int = 16
     fwd_warps: int = 4
