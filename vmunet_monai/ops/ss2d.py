@@ -156,12 +156,13 @@ def ss2d_core_norm_gate(
     from vmunet_monai.ops.layer_norm_triton import layer_norm_gate, layer_norm_gate_parts
 
     params = (x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
-    if resolve_backend_name(backend, x) == "triton" and not _needs_grad(x, *params, z, norm_weight, norm_bias):
+    name = resolve_backend_name(backend, x)
+    if name == "triton" and not _needs_grad(x, *params, z, norm_weight, norm_bias):
         from vmunet_monai.ops.ss2d_triton import ss2d_scan_triton_parts
 
         parts = ss2d_scan_triton_parts(x.permute(0, 2, 3, 1).contiguous(), *params)
         return layer_norm_gate_parts(parts, z, norm_weight, norm_bias, eps)
-    y = ss2d_core(x, *params, backend=backend)
+    y = ss2d_core(x, *params, backend=name)
     return layer_norm_gate(y, z, (y.shape[-1],), norm_weight, norm_bias, eps)
 
 
