@@ -19,9 +19,11 @@ training step, each with its kernel table::
     python scripts/gpu_profile.py network --dtype bf16 --kernels
 
 ``fwd-tiles`` times the sequential forward at the four stage shapes for several tile candidates (channels per
-program x warps), the measurement behind ``ScanConfig``'s per-length forward tiles::
+program x warps), the measurement behind ``ScanConfig``'s per-length forward tiles; ``dt-tiles`` does the same for
+the dt backward's tiles and channel splits (``ss2d_triton._DT_TILES``, ``_DT_MIN_PROGRAMS``)::
 
     python scripts/gpu_profile.py fwd-tiles --dtype bf16
+    python scripts/gpu_profile.py dt-tiles --dtype bf16
 """
 
 from __future__ import annotations
@@ -176,9 +178,61 @@ def sweep_forward_tiles(args, amp) -> None:
         st.set_config(before)
 
 
+def _median_ms(fn, warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+        ev[0].record()
+        fn()
+        ev[1].record()
+        torch.cuda.synchronize()
+        times.append(ev[0].elapsed_time(ev[1]))
+    return sorted(times)[len(times) // 2]
+
+
+def sweep_dt_tiles(args) -> None:
+    """Time the dt backward (``_dt_softplus_backward``: softplus' and the dt projection's backward, with the sums of
+    its partials) at every stage shape for each candidate ``rows x warps x channels x min_programs`` (the last one
+    sets how far the channels are split over programs); print a table and the fastest per stage."""
+    from vmunet_monai.ops import ss2d_triton as st
+
+    candidates = [tuple(int(v) for v in c.split("x")) for c in args.dt_tiles.split(",")]
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    tiles, wide, min_programs = dict(st._DT_TILES), st._DT_TILES_WIDE, st._DT_MIN_PROGRAMS
+    print(f"dt backward, batch {args.batch}, {args.dtype}: ms per call (median of {args.repeats}); "
+          f"candidates rows x warps x channels x min programs")
+    print("  " + f"{'stage (H, W, D, R)':>24s}" + "".join(f"{'x'.join(map(str, c)):>16s}" for c in candidates))
+    try:
+        for stage in sorted(STAGE_SHAPES):
+            h, w, d, r = STAGE_SHAPES[stage]
+            g = torch.Generator(device="cpu").manual_seed(0)
+            x_dbl = torch.randn(args.batch, h * w, 4, r + 32, generator=g).to("cuda", dtype)
+            dt_w = (torch.randn(4, d, r, generator=g) * r ** -0.5).cuda()
+            bias = (torch.randn(4 * d, generator=g) - 4.0).cuda()
+            ddelta = torch.randn(4, args.batch, h * w, d, generator=g).to("cuda", dtype)
+            key = (st._dot_precision(dtype), max(16, st._next_pow2(r)))
+            cells = []
+            for block_m, warps, block_d, programs in candidates:
+                st._DT_TILES[key] = (block_m, warps, block_d)
+                st._DT_MIN_PROGRAMS = programs
+                cells.append(_median_ms(lambda: st._dt_softplus_backward(ddelta, x_dbl, dt_w, bias, r),
+                                        args.warmup, args.repeats))
+            st._DT_TILES.clear()
+            st._DT_TILES.update(tiles)
+            best = min(range(len(cells)), key=cells.__getitem__)
+            print("  " + f"{str((stage, h, w, d, r)):>24s}" + "".join(f"{c:>13.3f} ms" for c in cells)
+                  + f"   best {'x'.join(map(str, candidates[best]))}")
+    finally:
+        st._DT_TILES.clear()
+        st._DT_TILES.update(tiles)
+        st._DT_TILES_WIDE, st._DT_MIN_PROGRAMS = wide, min_programs
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", nargs="?", choices=("core", "network", "fwd-tiles"), default="core")
+    parser.add_argument("mode", nargs="?", choices=("core", "network", "fwd-tiles", "dt-tiles"), default="core")
     parser.add_argument("--stage", type=int, default=1, choices=sorted(STAGE_SHAPES), help="core: stage shape")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="bf16", help="bf16 = under bf16 autocast")
@@ -188,7 +242,10 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=25, help="kernels per table")
     parser.add_argument("--fwd-tiles", default="32x1,64x2,128x4,64x1,16x1,32x2",
                         help="fwd-tiles: candidates, channels per program x warps")
-    parser.add_argument("--repeats", type=int, default=15, help="fwd-tiles: timed calls per candidate")
+    parser.add_argument("--dt-tiles", default="128x4x32x0,64x8x32x0,64x4x32x0,32x4x32x0,64x4x64x0,128x4x32x1000,"
+                        "64x8x32x1000,64x4x32x1000,64x8x32x2000,32x4x32x2000",
+                        help="dt-tiles: candidates, rows x warps x channels per iteration x min programs")
+    parser.add_argument("--repeats", type=int, default=15, help="fwd-tiles / dt-tiles: timed calls per candidate")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("gpu_profile.py needs a CUDA device")
@@ -197,6 +254,8 @@ def main() -> None:
         profile_core(args, amp)
     elif args.mode == "fwd-tiles":
         sweep_forward_tiles(args, amp)
+    elif args.mode == "dt-tiles":
+        sweep_dt_tiles(args)
     else:
         profile_network(args, amp)
 

@@ -25,8 +25,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton's default; set to silence its warning
 
 
-def compile_kernel(fn, constexprs: dict, num_warps: int, arch: int):
-    """Compile ``fn`` with pointer arguments as fp32 pointers and the other runtime arguments as int32."""
+def compile_kernel(fn, constexprs: dict, num_warps: int, arch: int, pointers: "dict | None" = None):
+    """Compile ``fn`` with pointer arguments as fp32 pointers (``pointers``: other types by name, e.g.
+    ``{"u_ptr": "*bf16"}``) and the other runtime arguments as int32."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -36,8 +37,8 @@ def compile_kernel(fn, constexprs: dict, num_warps: int, arch: int):
     # other integers of the 256x256 paper network are multiples of 16 (the ``tt.divisibility`` hint)
     unit = {name for name in fn.arg_names if re.fullmatch(r"s[a-z]+_[dn]", name)}
     constexprs = dict(constexprs, **{name: 1 for name in unit})
-    sig = {name: ("constexpr" if name in constexprs else "*fp32" if name.endswith("_ptr") else "i32")
-           for name in fn.arg_names}
+    sig = {name: ("constexpr" if name in constexprs else (pointers or {}).get(name, "*fp32")
+                  if name.endswith("_ptr") else "i32") for name in fn.arg_names}
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names) if sig[name] != "constexpr"}
     src = ASTSource(fn=fn, signature=sig, attrs=attrs,
                     constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
@@ -120,6 +121,9 @@ def main() -> None:
     common = dict(K=4, N=16, NP=16, H=64, W=64, CROSS=True, SOFTPLUS=not pre, HAS_D=True, HAS_BIAS=not pre)
     fwd_cps = cfg.seg_len // cfg.fwd_block_l
     bwd_cps = cfg.seg_len // cfg.bwd_block_l
+    # a bf16 (autocast) model's dt backward reads these as bf16
+    bf16 = {name: "*bf16" for name in ("x_ptr", "w_ptr", "g_ptr")}
+    # entries: (name, kernel, warps, constexprs[, pointer types])
     kernels = [
         ("fwd_kernel (tile)", tile.fwd_kernel, cfg.fwd_warps,
          dict(common, BLOCK_L=cfg.fwd_block_l, BLOCK_D=cfg.fwd_block_d, CPS=fwd_cps, SAVE_STATES=True)),
@@ -133,10 +137,11 @@ def main() -> None:
         ("softplus_delta_kernel", tile.softplus_delta_kernel, 4, dict(BLOCK=st._SOFTPLUS_BLOCK)),
         ("softplus_grad_kernel", tile.softplus_grad_kernel, 4, dict(BLOCK=st._SOFTPLUS_BLOCK)),
     ]
-    for r in (6, 48):  # dt rank at the first and the last VM-UNet stage
-        rp, block_m, warps = st._dt_blocks(r)
-        kernels.append((f"dt_softplus_bwd_kernel (R={r})", dt.dt_softplus_bwd_kernel, warps,
-                        dict(R=r, RP=rp, BLOCK_M=block_m, BLOCK_D=32)))
+    for r, m, dm in ((6, 32 * 4096, 192), (48, 32 * 64, 1536)):  # the first and the last VM-UNet stage, batch 32
+        for precision, tag, pointers in (("ieee", "", {}), ("tf32", ", bf16", bf16)):
+            rp, block_m, warps, block_d, _, _ = st._dt_tiles(r, m, dm, 4, precision)
+            kernels.append((f"dt_softplus_bwd_kernel (R={r}{tag})", dt.dt_softplus_bwd_kernel, warps,
+                            dict(R=r, RP=rp, BLOCK_M=block_m, BLOCK_D=block_d, PRECISION=precision), pointers))
     # LayerNorm: a plain one at the first stage's width; SS2D's out_norm + gate (summing the four scan directions
     # in the forward, as at inference) at the widest
     for width, gate in ((96, False), (1536, True)):
@@ -151,14 +156,14 @@ def main() -> None:
              dict(BLOCK_M=bwd_m, BLOCK_N=bwd_n, HAS_W=True, HAS_B=gate, HAS_GATE=gate)),
         ]
     print(f"config {cfg}; target sm_{args.arch}")
-    for name, fn, warps, constexprs in kernels:
+    for name, fn, warps, constexprs, *pointers in kernels:
         try:
-            compiled = compile_kernel(fn, constexprs, warps, args.arch)
+            compiled = compile_kernel(fn, constexprs, warps, args.arch, *pointers)
         except Exception as err:  # report and go on: one kernel failing to compile must not hide the others
-            print(f"  {name:34s} compile error: {type(err).__name__}: {str(err).splitlines()[0]}")
+            print(f"  {name:36s} compile error: {type(err).__name__}: {str(err).splitlines()[0]}")
             continue
         ttgir = compiled.asm["ttgir"]
-        print(f"  {name:34s} warps {warps}: {ptxas_report(compiled.asm['ptx'], args.arch)}; "
+        print(f"  {name:36s} warps {warps}: {ptxas_report(compiled.asm['ptx'], args.arch)}; "
               f"{ttgir.count('ttg.convert_layout')} layout conversions, "
               f"{ttgir.count('async_copy_global_to_local')} pipelined (async) loads")
         if args.loops:

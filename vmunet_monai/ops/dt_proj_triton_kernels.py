@@ -7,12 +7,14 @@ elements (not 16-byte aligned for R = 6 or 12), and cuBLAS picks slow kernels fo
 VM-UNet training step (batch 32, 256x256) they took 7 ms in bf16 and ~28 ms in fp32 (docs/benchmarks.md).
 Here one kernel reads the scan's ddelta once, recomputes z = dts @ dt_w^T + bias (dts straight from the x_proj
 output ``x_dbl`` (B, L, K, R + 2N)), applies softplus' and writes ddts, and per row block partial sums of d dt_w
-and d dt_bias (reduced by the caller, deterministic); its small products are ``tl.dot`` in IEEE fp32. The
+and d dt_bias (reduced by the caller, deterministic); its small products are ``tl.dot``: in IEEE fp32 for an fp32
+model, on the tensor cores in TF32 for 16-bit activations (``PRECISION``; ``_dot_precision`` in ss2d_triton). The
 forward keeps the GEMM + elementwise softplus kernel: a fused Triton forward (same maths) measured slower on the
 H200 (3.5 ms against ~2 ms per batch-32 bf16 inference; docs/benchmarks.md).
 
 Layouts: row m = b * L + l; x_dbl row stride ``sx_m`` (= K * c), direction stride ``sx_k`` (= c), dts at columns
-[0, R); dt_w (K, D, R) contiguous; dt_bias (K * D,); delta / ddelta (K, M, D) contiguous.
+[0, R); dt_w (K, D, R) contiguous; dt_bias (K * D,); delta / ddelta (K, M, D) contiguous; ddts (splits, M, K, R)
+partials or, with one split, x_dbl's layout.
 """
 
 import triton
@@ -39,24 +41,28 @@ def _dt_weight_block(w_ptr, k, offs_d, DM, R: tl.constexpr, RP: tl.constexpr):
 
 
 @triton.jit
-def _biased_raw(dts, w, b_ptr, k, offs_d, DM, ROUND_TO: tl.constexpr):
+def _biased_raw(dts, w, b_ptr, k, offs_d, DM, ROUND_TO: tl.constexpr, PRECISION: tl.constexpr):
     # dts @ w (+ bias) in fp32; the product is first rounded to ROUND_TO (the activations' dtype) the way the
     # GEMM under autocast returns it, so a bf16 model sees the published path's delta
-    raw = tl.dot(dts, w, input_precision="ieee").to(ROUND_TO).to(tl.float32)
+    raw = tl.dot(dts, w, input_precision=PRECISION).to(ROUND_TO).to(tl.float32)
     bias = tl.load(b_ptr + k * DM + offs_d, mask=offs_d < DM, other=0.0).to(tl.float32)
     return raw + bias[None, :]
 
 
 @triton.jit
 def dt_softplus_bwd_kernel(g_ptr, x_ptr, w_ptr, b_ptr, ddts_ptr, dw_part_ptr, db_part_ptr, M, DM, sx_m, sx_k,
-                           sg_m, sg_k,
-                           R: tl.constexpr, RP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
-    """Backward through softplus and the dt projection for one block of rows and one direction (grid (M /
-    BLOCK_M, K)): with G = ddelta * softplus'(z), writes ddts[m, k, :] = G @ dt_w[k] (into ``ddts_ptr``, with
-    x_dbl's row / direction strides), and the block's partials dw_part[block, k] = G^T @ dts (D, R) and
-    db_part[block, k] = sum_m G (D,)."""
+                           sg_m, sg_k, sdd_s, sdd_m, sdd_k, d_per_split,
+                           R: tl.constexpr, RP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+                           PRECISION: tl.constexpr = "ieee"):
+    """Backward through softplus and the dt projection for one block of rows, one direction and one range of
+    ``d_per_split`` channels (grid (M / BLOCK_M, K, splits)): with G = ddelta * softplus'(z), writes this range's
+    share of ddts[m, k, :] = G @ dt_w[k] (into ``ddts_ptr`` at split / row / direction strides ``sdd_*``; with one
+    split that is x_dbl's layout and the final ddts), and the block's partials dw_part[block, k] = G^T @ dts (D, R)
+    and db_part[block, k] = sum_m G (D,) for its channels. Splitting the channels gives the deep, narrow stages
+    (few rows, many channels) enough programs."""
     k = tl.program_id(1)
     blk = tl.program_id(0)
+    split = tl.program_id(2)
     offs_m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < M
     offs_r = tl.arange(0, RP)
@@ -64,18 +70,20 @@ def dt_softplus_bwd_kernel(g_ptr, x_ptr, w_ptr, b_ptr, ddts_ptr, dw_part_ptr, db
     ddts = tl.zeros([BLOCK_M, RP], dtype=tl.float32)
     part = blk.to(tl.int64) * tl.num_programs(1) + k  # (block, k) slot of the partial sums
     rows = k.to(tl.int64) * sg_k + offs_m.to(tl.int64) * sg_m
-    for d0 in range(0, DM, BLOCK_D):
+    d_lo = split * d_per_split
+    d_hi = tl.minimum(d_lo + d_per_split, DM)
+    for d0 in range(d_lo, d_hi, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
-        mask_d = offs_d < DM
+        mask_d = offs_d < d_hi
         w = _dt_weight_block(w_ptr, k, offs_d, DM, R, RP)
-        z = _biased_raw(dts, w, b_ptr, k, offs_d, DM, x_ptr.dtype.element_ty)
+        z = _biased_raw(dts, w, b_ptr, k, offs_d, DM, x_ptr.dtype.element_ty, PRECISION)
         mask = mask_m[:, None] & mask_d[None, :]
         g = tl.load(g_ptr + rows[:, None] + offs_d[None, :], mask=mask, other=0.0).to(tl.float32)
         g = tl.where(mask, g * _delta_grad(z, True), 0.0)
-        ddts += tl.dot(g, tl.trans(w), input_precision="ieee")
-        dw = tl.dot(tl.trans(g), dts, input_precision="ieee")  # (BLOCK_D, RP)
+        ddts += tl.dot(g, tl.trans(w), input_precision=PRECISION)
+        dw = tl.dot(tl.trans(g), dts, input_precision=PRECISION)  # (BLOCK_D, RP)
         tl.store(dw_part_ptr + part * DM * R + offs_d[:, None] * R + offs_r[None, :], dw,
                  mask=mask_d[:, None] & (offs_r < R)[None, :])
         tl.store(db_part_ptr + part * DM + offs_d, tl.sum(g, axis=0), mask=mask_d)
-    out = ddts_ptr + offs_m.to(tl.int64)[:, None] * sx_m + k * sx_k + offs_r[None, :]
+    out = ddts_ptr + split.to(tl.int64) * sdd_s + offs_m.to(tl.int64)[:, None] * sdd_m + k * sdd_k + offs_r[None, :]
     tl.store(out, ddts, mask=mask_m[:, None] & (offs_r < R)[None, :])

@@ -499,16 +499,40 @@ def _fused_dt(cfg: ScanConfig) -> bool:
     return bool(cfg.pre_softplus and cfg.fused_dt)
 
 
-def _dt_blocks(r: int) -> "tuple[int, int, int]":
-    """(padded dt rank for ``tl.dot``, rows and warps per backward program). Wider ranks get fewer rows and more
-    warps: with 64 x 32 tiles and 4 warps the rank-48 kernel spills (sm_90, scripts/triton_kernel_info.py)."""
+# dt backward tiles: (rows per program, warps, channels per loop iteration) by (tl.dot precision, padded dt rank);
+# others get _DT_TILES_WIDE. From ``python scripts/gpu_profile.py dt-tiles`` on the H200 (docs/benchmarks.md, eighth
+# session): on TF32 tensor cores (16-bit models) 128 x 4 x 32 at every VM-UNet rank (at ranks 24 / 48 0.25 / 0.22
+# ms per batch-32 call against 0.47 / 0.36 with 64 x 8); in IEEE fp32, 128 rows spill at ranks 24 / 48 (4.9 / 16 ms).
+_DT_TILES = {("ieee", 16): (128, 4, 32), ("tf32", 16): (128, 4, 32), ("tf32", 32): (128, 4, 32),
+             ("tf32", 64): (128, 4, 32)}
+_DT_TILES_WIDE = (64, 8, 32)
+# channels are split over more programs until (row blocks x directions x splits) reaches this count: at rank 48
+# (8x8 pixels, 1536 channels) 0.22 instead of 0.36 ms per call
+_DT_MIN_PROGRAMS = 1000
+
+
+def _dt_tiles(r: int, m: int, dm: int, k: int, precision: str) -> "tuple[int, int, int, int, int, int]":
+    """(padded rank, rows per program, warps, channels per iteration, channel splits, channels per split) of the
+    dt backward for M = m rows, D = dm channels, k directions and ``tl.dot`` precision ``precision``."""
     rp = max(16, _next_pow2(r))
-    return (rp, 128, 4) if rp <= 16 else (rp, 64, 8)
+    block_m, warps, block_d = _DT_TILES.get((precision, rp), _DT_TILES_WIDE)
+    n_dblk = triton_cdiv(dm, block_d)
+    splits = min(n_dblk, max(1, triton_cdiv(_DT_MIN_PROGRAMS, triton_cdiv(m, block_m) * k)))
+    d_per_split = triton_cdiv(n_dblk, splits) * block_d
+    return rp, block_m, warps, block_d, triton_cdiv(dm, d_per_split), d_per_split
 
 
 def _dt_weight(dt_w: Tensor, x_dbl: Tensor) -> Tensor:
     # in the activations' dtype, as the GEMM under autocast uses it
     return dt_w.to(x_dbl.dtype).contiguous()
+
+
+def _dot_precision(activation_dtype: torch.dtype) -> str:
+    """``tl.dot`` precision of the dt backward kernel. 16-bit activations: TF32 tensor cores. Their dts and dt_w are
+    16-bit values, exact in TF32, so z = dts @ dt_w^T is exact up to fp32 summation; the gradient factor is rounded
+    to TF32's 11 significant bits, finer than the bf16 ddelta the published path (mamba_ssm + autocast GEMMs) uses.
+    fp32 activations: IEEE fp32 (fp32 parity)."""
+    return "tf32" if activation_dtype in (torch.float16, torch.bfloat16) else "ieee"
 
 
 def _dt_softplus_backward(ddelta: Tensor, x_dbl: Tensor, dt_w: Tensor, delta_bias: Tensor, r: int):
@@ -517,14 +541,21 @@ def _dt_softplus_backward(ddelta: Tensor, x_dbl: Tensor, dt_w: Tensor, delta_bia
     bsz, length, k, c = x_dbl.shape
     dm = dt_w.shape[1]
     m = bsz * length
-    rp, block_m, warps = _dt_blocks(r)
+    precision = _dot_precision(x_dbl.dtype)
+    rp, block_m, warps, block_d, splits, d_per_split = _dt_tiles(r, m, dm, k, precision)
     n_blk = triton_cdiv(m, block_m)
     dx_dbl = torch.empty((bsz, length, k, c), device=x_dbl.device, dtype=torch.float32)
+    # one split writes ddts straight into dx_dbl; several write partials over their channels, summed below
+    ddts = dx_dbl if splits == 1 else torch.empty((splits, m, k, r), device=x_dbl.device, dtype=torch.float32)
+    sdd = (0, k * c, c) if splits == 1 else ddts.stride()[:3]
     dw_part = torch.empty((n_blk, k, dm, r), device=x_dbl.device, dtype=torch.float32)
     db_part = torch.empty((n_blk, k, dm), device=x_dbl.device, dtype=torch.float32)
-    _kernels()["dt_bwd"][(n_blk, k)](
-        ddelta, x_dbl.contiguous(), _dt_weight(dt_w, x_dbl), delta_bias, dx_dbl, dw_part, db_part, m, dm, k * c, c,
-        dm, m * dm, R=r, RP=rp, BLOCK_M=block_m, BLOCK_D=32, num_warps=warps)
+    _kernels()["dt_bwd"][(n_blk, k, splits)](
+        ddelta, x_dbl.contiguous(), _dt_weight(dt_w, x_dbl), delta_bias, ddts, dw_part, db_part, m, dm, k * c, c,
+        dm, m * dm, *sdd, d_per_split, R=r, RP=rp, BLOCK_M=block_m, BLOCK_D=block_d,
+        PRECISION=precision, num_warps=warps)
+    if splits > 1:
+        dx_dbl[..., :r] = ddts.sum(0).view(bsz, length, k, r)
     return dx_dbl, dw_part.sum(0), db_part.sum(0).reshape(-1)
 
 
