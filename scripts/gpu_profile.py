@@ -144,6 +144,21 @@ def profile_network(args, amp) -> None:
     timed_phases([("inference forward", inference), ("training step", step)], args.kernels, args.top)
 
 
+def _median_ms(fn, warmup: int, repeats: int) -> float:
+    """Median CUDA-event time of ``fn`` in ms over ``repeats`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+        ev[0].record()
+        fn()
+        ev[1].record()
+        torch.cuda.synchronize()
+        times.append(ev[0].elapsed_time(ev[1]))
+    return sorted(times)[len(times) // 2]
+
+
 def sweep_forward_tiles(args, amp) -> None:
     """Time the sequential forward (inference: ``ss2d_scan_triton_parts``, the kernel plus its small input ops) at
     every stage shape for each (channels per program, warps) candidate; print a table and the fastest per stage."""
@@ -160,36 +175,12 @@ def sweep_forward_tiles(args, amp) -> None:
             for bd, w in candidates:
                 st.set_config(before, fwd_seq=1, fwd_seq_block_d=bd, fwd_seq_warps=w)
                 with torch.no_grad(), amp:
-                    for _ in range(args.warmup):
-                        st.ss2d_scan_triton_parts(x, *params)
-                    times = []
-                    for _ in range(args.repeats):
-                        ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
-                        ev[0].record()
-                        st.ss2d_scan_triton_parts(x, *params)
-                        ev[1].record()
-                        torch.cuda.synchronize()
-                        times.append(ev[0].elapsed_time(ev[1]))
-                cells.append(sorted(times)[len(times) // 2])
+                    cells.append(_median_ms(lambda: st.ss2d_scan_triton_parts(x, *params), args.warmup, args.repeats))
             best = min(range(len(cells)), key=cells.__getitem__)
             print("  " + f"{str((stage, *STAGE_SHAPES[stage][:3])):>22s}" + "".join(f"{c:>15.3f} ms" for c in cells)
                   + f"   best {candidates[best][0]} ch x {candidates[best][1]} warps")
     finally:
         st.set_config(before)
-
-
-def _median_ms(fn, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
-        ev[0].record()
-        fn()
-        ev[1].record()
-        torch.cuda.synchronize()
-        times.append(ev[0].elapsed_time(ev[1]))
-    return sorted(times)[len(times) // 2]
 
 
 def sweep_dt_tiles(args) -> None:
@@ -200,7 +191,7 @@ def sweep_dt_tiles(args) -> None:
 
     candidates = [tuple(int(v) for v in c.split("x")) for c in args.dt_tiles.split(",")]
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
-    tiles, wide, min_programs = dict(st._DT_TILES), st._DT_TILES_WIDE, st._DT_MIN_PROGRAMS
+    tiles, min_programs = dict(st._DT_TILES), st._DT_MIN_PROGRAMS
     print(f"dt backward, batch {args.batch}, {args.dtype}: ms per call (median of {args.repeats}); "
           f"candidates rows x warps x channels x min programs")
     print("  " + f"{'stage (H, W, D, R)':>24s}" + "".join(f"{'x'.join(map(str, c)):>16s}" for c in candidates))
@@ -219,15 +210,13 @@ def sweep_dt_tiles(args) -> None:
                 st._DT_MIN_PROGRAMS = programs
                 cells.append(_median_ms(lambda: st._dt_softplus_backward(ddelta, x_dbl, dt_w, bias, r),
                                         args.warmup, args.repeats))
-            st._DT_TILES.clear()
-            st._DT_TILES.update(tiles)
             best = min(range(len(cells)), key=cells.__getitem__)
             print("  " + f"{str((stage, h, w, d, r)):>24s}" + "".join(f"{c:>13.3f} ms" for c in cells)
                   + f"   best {'x'.join(map(str, candidates[best]))}")
     finally:
         st._DT_TILES.clear()
         st._DT_TILES.update(tiles)
-        st._DT_TILES_WIDE, st._DT_MIN_PROGRAMS = wide, min_programs
+        st._DT_MIN_PROGRAMS = min_programs
 
 
 def main() -> None:
