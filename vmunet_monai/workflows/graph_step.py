@@ -39,16 +39,15 @@ def _signature(t: torch.Tensor) -> tuple:
 
 
 class _CapturedStep:
-    """One captured training step: the graph, its static input / target / prediction / loss, one device tensor
-    per parameter group holding the learning rate the graph reads, and what the capture depended on."""
+    """One captured training step: the graph, its static input / target / prediction / loss, and what the
+    capture depended on."""
 
-    def __init__(self, graph, static_input, static_target, static_pred, static_loss, lr_tensors, depends_on):
+    def __init__(self, graph, static_input, static_target, static_pred, static_loss, depends_on):
         self.graph = graph
         self.static_input = static_input
         self.static_target = static_target
         self.static_pred = static_pred
         self.static_loss = static_loss
-        self.lr_tensors = lr_tensors
         self.depends_on = depends_on
 
 
@@ -56,12 +55,13 @@ class CUDAGraphTrainStep:
     """``iteration_update`` of ``monai.engines.SupervisedTrainer`` that runs each training step as a replayed
     CUDA graph once it can, and MONAI's own iteration otherwise.
 
-    The first ``warmup`` iterations run MONAI's iteration on a side stream (they also compile the Triton kernels,
-    which cannot happen during a capture); the next one captures the step with its batch and replays it; later
-    batches of the same shape, dtype and device are copied into the graph's input buffers and replayed. The
+    The first ``warmup`` iterations run the step eagerly on a side stream (loading and compiling every kernel the
+    capture records: nothing may be compiled or loaded during a capture); the next one captures the step with its
+    batch and replays it; later batches of the same shape, dtype and device are copied into the graph's input
+    buffers and replayed. The
     learning rate is read from a device tensor refreshed before every replay, so LR schedulers work as in eager
     training; a change of any other optimizer hyperparameter, of the optimizer's state objects (``load_state_dict``)
-    or of the network's parameter tensors triggers a new capture.
+    or of the network's parameter tensors triggers one eager step and a new capture.
 
     It falls back to ``engine._iteration`` (logged once per reason) when a graph would not compute the same step:
     not enabled, not a CUDA device, a ``torch.compile``d network, gradient accumulation, fp16 autocast (needs the
@@ -72,14 +72,15 @@ class CUDAGraphTrainStep:
     A batch whose shape differs from the captured one (the last, smaller batch of an epoch) runs eagerly, as does
     every step if the capture itself fails (the error is logged).
 
-    Differences from MONAI's iteration, by design:
+    Differences from MONAI's iteration, by design (for the warm-up and replayed steps):
         - bf16 autocast runs without ``GradScaler``: bf16 has float32's exponent range, so MONAI's scaling by a
           power of two and unscaling change no value; what the scaler adds is skipping steps whose gradients are
           not finite. Here ``check_finite`` instead stops training with an error naming the epoch and iteration
           when a replayed step's loss is not finite (at the latest at the end of its epoch, before that epoch's
           checkpoint is written).
         - autocast runs with ``cache_enabled=False`` (the same casts, recomputed for every use of a weight).
-        - the iteration events are fired after the replayed step, in MONAI's order.
+        - the iteration events are fired after the step, in MONAI's order; the output's loss and prediction are
+          detached copies.
         - the optimizer is switched to ``capturable=True`` (its step counters move to the GPU) at the first
           iteration this class handles; the update it computes is the same.
 
@@ -110,6 +111,7 @@ class CUDAGraphTrainStep:
         self._side_stream: torch.cuda.Stream | None = None
         self._capture_failed = False
         self._step_signature: tuple | None = None
+        self._lrs: list[torch.Tensor] | None = None
         self._pending: tuple | None = None  # (loss, epoch, iteration) of a replayed step not yet checked
         self._logged: set[str] = set()
 
@@ -154,19 +156,12 @@ class CUDAGraphTrainStep:
         if reason is not None:
             self._log_once(engine, "reason:" + reason, f"CUDA-graph training step not used: {reason}.")
             return self._eager(engine, batchdata)
-        self._make_capturable(engine.optimizer)
-        if self._warmed < self.warmup:
-            self._warmed += 1
-            output = self._eager(engine, batchdata, side_stream=True)
-            if self._step_signature is None:
-                # the step is captured for the shape of the first batch (the full batch size; the last batch of an
-                # epoch may be smaller)
-                self._step_signature = self._signature_of(_plain(output[Keys.IMAGE]), _plain(output[Keys.LABEL]))
-            return output
-
         if batchdata is None:
             raise ValueError("Must provide batch data for current iteration.")
         batch = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)
+        # the previous step's loss is checked only now, after this batch was fetched and its copy queued, so that
+        # the host prepares a step while the GPU runs the previous one
+        self._check_pending_loss()
         if len(batch) != 2:
             self._log_once(engine, "args", "CUDA-graph training step not used: the batch carries extra network "
                                            "arguments.")
@@ -174,44 +169,58 @@ class CUDAGraphTrainStep:
         inputs, targets = batch
         x, y = _plain(inputs), _plain(targets)
         signature = self._signature_of(x, y)
-        if self.captured is not None and not self._still_valid(engine):
-            self.captured = None  # frees the graph's memory pool before a new capture
-        first = self._step_signature
-        if first is not None and signature != first:
-            # another shape than the step's (the last, smaller batch of an epoch): eager, the capture is kept
+        if self._step_signature is None:
+            # captured for the shape of the first batch (the full batch size; an epoch's last batch may be smaller)
+            self._step_signature = signature
+        if signature != self._step_signature:
             self._log_once(engine, "shape:" + str(signature),
                            f"CUDA-graph training step: batch {tuple(x.shape)} differs from the captured "
-                           f"{first[0][0]}; eager step for such batches.")
+                           f"{self._step_signature[0][0]}; MONAI's eager iteration for such batches.")
             return self._eager(engine, batchdata)
+        self._make_capturable(engine.optimizer)
+        if self.captured is not None and not self._still_valid(engine):
+            self.captured = None  # frees the graph's memory pool before a new capture
+            self._warmed = min(self._warmed, self.warmup - 1)  # one eager step of the changed step first
+        lrs = self._learning_rates(engine.optimizer, x.device)
+        if self._warmed < self.warmup:
+            self._warmed += 1
+            pred, loss = self._warmup_step(engine, x, y, lrs)
+            return self._finish(engine, inputs, targets, pred, loss)
         if self.captured is None:
             try:
-                self.captured = self._capture(engine, x, y)
+                self.captured = self._capture(engine, x, y, lrs)
             except Exception as err:  # report and train on eagerly: no batch is lost
                 self._capture_failed = True
                 self.captured = None
                 engine.optimizer.zero_grad(set_to_none=True)
                 engine.logger.warning(f"CUDA-graph capture of the training step failed ({type(err).__name__}: {err});"
-                                      " training continues with MONAI's eager iteration.")
+                                      " training continues with MONAI's eager iteration.", exc_info=True)
                 return self._eager(engine, batchdata)
             engine.logger.info(f"CUDA-graph training step captured for input {tuple(x.shape)} {x.dtype}, target "
                                f"{tuple(y.shape)} {y.dtype}.")
-        return self._replay(engine, inputs, targets, x, y)
+        step = self.captured
+        step.static_input.copy_(x, non_blocking=True)
+        step.static_target.copy_(y, non_blocking=True)
+        step.graph.replay()
+        self.replayed_steps += 1
+        return self._finish(engine, inputs, targets, step.static_pred.detach().clone(),
+                            step.static_loss.detach().clone())
 
-    def _eager(self, engine: Any, batchdata: Any, side_stream: bool = False) -> dict:
+    def _eager(self, engine: Any, batchdata: Any) -> dict:
+        """MONAI's own iteration (with its GradScaler under autocast)."""
         self.eager_steps += 1
-        if not side_stream:
-            return engine._iteration(engine, batchdata)
-        # warm-up on a side stream, as PyTorch's whole-network capture recipe does, so that nothing the capture
-        # depends on (autograd's stream bookkeeping, lazily created handles) is tied to the capturing stream
-        device = torch.device(engine.state.device)
-        if self._side_stream is None:
-            self._side_stream = torch.cuda.Stream(device=device)
-        current = torch.cuda.current_stream(device)
-        self._side_stream.wait_stream(current)
-        with torch.cuda.stream(self._side_stream):
-            output = engine._iteration(engine, batchdata)
-        current.wait_stream(self._side_stream)
-        return output
+        return engine._iteration(engine, batchdata)
+
+    def _finish(self, engine: Any, inputs: Any, targets: Any, pred: torch.Tensor, loss: torch.Tensor) -> dict:
+        if self.check_finite:
+            self._pending = (loss, engine.state.epoch, engine.state.iteration)
+            length = engine.state.epoch_length
+            if length and engine.state.iteration % length == 0:
+                self._check_pending_loss()  # before the epoch's handlers (checkpoints) run
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets, Keys.PRED: pred, Keys.LOSS: loss}
+        for event in (*_MID_STEP_EVENTS, IterationEvents.MODEL_COMPLETED):
+            engine.fire_event(event)
+        return engine.state.output
 
     @staticmethod
     def _signature_of(x: torch.Tensor, y: torch.Tensor) -> tuple:
@@ -261,32 +270,65 @@ class CUDAGraphTrainStep:
         dtype = engine.amp_kwargs.get("dtype", torch.bfloat16) if enabled else torch.float32
         return torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False)
 
-    def _capture(self, engine: Any, x: torch.Tensor, y: torch.Tensor) -> _CapturedStep:
-        opt = engine.optimizer
-        engine.network.train()
-        # the last eager step's output holds its loss, and with it that step's autograd graph, whose gradient
-        # accumulators were created on another stream; release it before capturing
-        engine.state.output = None
-        static_input, static_target = x.clone(), y.clone()
-        lr_tensors = [torch.tensor(float(g["lr"]), device=x.device, dtype=torch.float32) for g in opt.param_groups]
-        saved_lrs = [g["lr"] for g in opt.param_groups]
-        opt.zero_grad(set_to_none=True)  # the backward in the graph then writes (not accumulates) the gradients
-        graph = torch.cuda.CUDAGraph()
+    def _learning_rates(self, optimizer: torch.optim.Optimizer, device: torch.device) -> list[torch.Tensor]:
+        """One device tensor per parameter group holding its current learning rate: the captured step reads these
+        (kept for the graph's lifetime), so a schedule that changes ``group["lr"]`` reaches every replay."""
+        groups = optimizer.param_groups
+        if self._lrs is None or len(self._lrs) != len(groups) or self._lrs[0].device != device:
+            self._lrs = [torch.zeros((), device=device, dtype=torch.float32) for _ in groups]
+        for lr, group in zip(self._lrs, groups):
+            if isinstance(group["lr"], torch.Tensor):
+                lr.copy_(group["lr"])
+            else:
+                lr.fill_(float(group["lr"]))
+        return self._lrs
+
+    def _step(self, engine: Any, x: torch.Tensor, y: torch.Tensor, lrs: list[torch.Tensor]):
+        """The training step as captured: forward and loss under autocast, backward, optimizer step reading the
+        learning rates from ``lrs``; returns the prediction and the loss."""
+        groups = engine.optimizer.param_groups
+        saved = [g["lr"] for g in groups]
         try:
-            for group, lr in zip(opt.param_groups, lr_tensors):
+            for group, lr in zip(groups, lrs):
                 group["lr"] = lr
-            # thread_local: the DataLoader's pin-memory thread may allocate while this thread captures
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                with self._autocast(engine):
-                    static_pred = engine.inferer(static_input, engine.network)
-                    static_loss = engine.loss_function(static_pred, static_target).mean()
-                static_loss.backward()
-                opt.step()
+            with self._autocast(engine):
+                pred = engine.inferer(x, engine.network)
+                loss = engine.loss_function(pred, y).mean()
+            loss.backward()
+            engine.optimizer.step()
         finally:
-            for group, lr in zip(opt.param_groups, saved_lrs):
+            for group, lr in zip(groups, saved):
                 group["lr"] = lr
-        return _CapturedStep(graph, static_input, static_target, static_pred, static_loss, lr_tensors,
-                             self._depends_on(engine))
+        return pred, loss
+
+    def _warmup_step(self, engine: Any, x: torch.Tensor, y: torch.Tensor, lrs: list[torch.Tensor]):
+        """The same step run eagerly on a side stream, as PyTorch's whole-network capture recipe warms up: every
+        kernel the capture will record (the optimizer's tensor-learning-rate kernels too) is loaded and compiled
+        before it, and nothing is tied to the capturing stream."""
+        engine.network.train()
+        engine.optimizer.zero_grad(set_to_none=True)
+        self.eager_steps += 1
+        current = torch.cuda.current_stream(x.device)
+        if self._side_stream is None:
+            self._side_stream = torch.cuda.Stream(device=x.device)
+        self._side_stream.wait_stream(current)
+        with torch.cuda.stream(self._side_stream):
+            pred, loss = self._step(engine, x, y, lrs)
+            # detached: the output must not keep this step's autograd graph (built on the side stream) alive
+            pred, loss = pred.detach(), loss.detach()
+        current.wait_stream(self._side_stream)
+        return pred, loss
+
+    def _capture(self, engine: Any, x: torch.Tensor, y: torch.Tensor, lrs: list[torch.Tensor]) -> _CapturedStep:
+        engine.network.train()
+        engine.state.output = None  # nothing of the previous step is needed during the capture
+        static_input, static_target = x.clone(), y.clone()
+        engine.optimizer.zero_grad(set_to_none=True)  # the graph's backward then writes (not adds) the gradients
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: the DataLoader's pin-memory thread may allocate while this thread captures
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            static_pred, static_loss = self._step(engine, static_input, static_target, lrs)
+        return _CapturedStep(graph, static_input, static_target, static_pred, static_loss, self._depends_on(engine))
 
     def _check_pending_loss(self) -> None:
         if self._pending is None:
@@ -297,30 +339,3 @@ class CUDAGraphTrainStep:
             raise FloatingPointError(
                 f"training loss is {loss.item()} at epoch {epoch}, iteration {iteration} (CUDA-graph step); training "
                 "stopped before a checkpoint could store the weights that step updated.")
-
-    def _replay(self, engine: Any, inputs: Any, targets: Any, x: torch.Tensor, y: torch.Tensor) -> dict:
-        step = self.captured
-        engine.network.train()
-        step.static_input.copy_(x, non_blocking=True)
-        step.static_target.copy_(y, non_blocking=True)
-        for group, lr in zip(engine.optimizer.param_groups, step.lr_tensors):
-            if isinstance(group["lr"], torch.Tensor):
-                lr.copy_(group["lr"])
-            else:
-                lr.fill_(float(group["lr"]))
-        # the previous step's loss is checked only now, after this batch was fetched and copied, so that the host
-        # prepares the next step while the GPU runs the previous one (no synchronisation inside the iteration)
-        self._check_pending_loss()
-        step.graph.replay()
-        self.replayed_steps += 1
-        loss = step.static_loss.detach().clone()
-        if self.check_finite:
-            self._pending = (loss, engine.state.epoch, engine.state.iteration)
-            length = engine.state.epoch_length
-            if length and engine.state.iteration % length == 0:
-                self._check_pending_loss()  # before the epoch's handlers (checkpoints) run
-        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets, Keys.PRED: step.static_pred.detach().clone(),
-                               Keys.LOSS: loss}
-        for event in (*_MID_STEP_EVENTS, IterationEvents.MODEL_COMPLETED):
-            engine.fire_event(event)
-        return engine.state.output

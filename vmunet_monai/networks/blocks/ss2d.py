@@ -47,6 +47,11 @@ class SS2D(nn.Module):
         torch.Size([2, 4, 4, 8])
     """
 
+    # parameters that only ever meet activations in the autocast dtype: the core projects the conv output (autocast
+    # dtype) with them, casting them to its dtype, like autocast casts a Linear's weight. CUDAGraphModule casts
+    # such parameters once per replay in one kernel (same values) instead of one cast per use.
+    autocast_cast_parameters = ("x_proj_weight", "dt_projs_weight")
+
     def __init__(
         self,
         d_model: int,
