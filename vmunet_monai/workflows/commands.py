@@ -120,7 +120,8 @@ def _user_error(err: BaseException) -> BaseException | None:
 def train(task: str = "isic", bundle_root: str | None = None, **overrides: Any) -> None:
     """Train (embedded sample by default; ``--dataset_dir`` for real data). Overrides are bundle config ids:
     ``--epochs``, ``--batch_size``, ``--image_size``, ``--device``, ``--amp``, ``--scan_backend``,
-    ``--resume``, ``--ckpt_dir``, ``--output_dir``, ``--num_workers``..."""
+    ``--cuda_graph`` (on CUDA the step is replayed as a CUDA graph unless False), ``--resume``, ``--ckpt_dir``,
+    ``--output_dir``, ``--num_workers``..."""
     run_bundle(task, "train", bundle_root, **overrides)
 
 
