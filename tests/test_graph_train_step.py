@@ -65,6 +65,16 @@ def test_cpu_runs_monai_iteration(caplog):
     assert caplog.text.count("not used") == 1  # logged once, not per iteration
 
 
+def test_resuming_a_graph_trained_optimizer_on_cpu():
+    # a checkpoint of a graph-trained run has capturable=True in its optimizer groups, which torch refuses on CPU
+    step = CUDAGraphTrainStep()
+    trainer = _trainer("cpu", step, backend="torch")
+    for group in trainer.optimizer.param_groups:
+        group["capturable"] = True
+    trainer.run()
+    assert len(trainer.losses) == 3 and not any(g["capturable"] for g in trainer.optimizer.param_groups)
+
+
 def test_unsupported_reasons():
     step = CUDAGraphTrainStep()
     trainer = _trainer("cpu", step, backend="torch")

@@ -209,7 +209,16 @@ class CUDAGraphTrainStep:
     def _eager(self, engine: Any, batchdata: Any) -> dict:
         """MONAI's own iteration (with its GradScaler under autocast)."""
         self.eager_steps += 1
+        self._capturable_only_on_gpus(engine.optimizer)
         return engine._iteration(engine, batchdata)
+
+    @staticmethod
+    def _capturable_only_on_gpus(optimizer: torch.optim.Optimizer) -> None:
+        # a checkpoint written by a graph-trained run stores capturable=True; torch refuses a capturable step on
+        # CPU parameters, so resuming such a checkpoint on a CPU machine turns it off again (same update)
+        for group in getattr(optimizer, "param_groups", []):
+            if group.get("capturable") and any(p.device.type == "cpu" for p in group["params"]):
+                group["capturable"] = False
 
     def _finish(self, engine: Any, inputs: Any, targets: Any, pred: torch.Tensor, loss: torch.Tensor) -> dict:
         if self.check_finite:
