@@ -269,7 +269,6 @@ class CUDAGraphTrainStep:
             return True
         engine.logger.info("CUDA-graph training step: the optimizer settings, its state or the network's parameter "
                            "tensors changed since the capture; capturing again.")
-        self._make_capturable(engine.optimizer)
         return False
 
     # --- capture and replay -------------------------------------------------------------------------------------
