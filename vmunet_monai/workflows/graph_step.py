@@ -34,8 +34,9 @@ def _plain(t: torch.Tensor) -> torch.Tensor:
     return t.as_tensor() if hasattr(t, "as_tensor") else t
 
 
-def _signature(t: torch.Tensor) -> tuple:
-    return tuple(t.shape), t.dtype, t.device
+def _signature(*tensors: torch.Tensor) -> tuple:
+    """What a captured step is specialised to: the shape, dtype and device of each tensor."""
+    return tuple((tuple(t.shape), t.dtype, t.device) for t in tensors)
 
 
 class _CapturedStep:
@@ -168,7 +169,7 @@ class CUDAGraphTrainStep:
             return self._eager(engine, batchdata)
         inputs, targets = batch
         x, y = _plain(inputs), _plain(targets)
-        signature = self._signature_of(x, y)
+        signature = _signature(x, y)
         if self._step_signature is None:
             # captured for the shape of the first batch (the full batch size; an epoch's last batch may be smaller)
             self._step_signature = signature
@@ -231,10 +232,6 @@ class CUDAGraphTrainStep:
             engine.fire_event(event)
         return engine.state.output
 
-    @staticmethod
-    def _signature_of(x: torch.Tensor, y: torch.Tensor) -> tuple:
-        return _signature(x), _signature(y)
-
     # --- optimizer ----------------------------------------------------------------------------------------------
 
     @staticmethod
@@ -260,8 +257,8 @@ class CUDAGraphTrainStep:
     def _depends_on(self, engine: Any) -> tuple:
         opt = engine.optimizer
         params = tuple(p for g in opt.param_groups for p in g["params"])
-        return (id(opt.state), id(opt.param_groups), tuple(id(p) for p in params),
-                tuple(p.data_ptr() for p in params), repr(self._hyperparameters(opt)),
+        # the optimizer's parameter objects and the network's parameter storage (which covers those same tensors)
+        return (id(opt.state), id(opt.param_groups), tuple(id(p) for p in params), repr(self._hyperparameters(opt)),
                 tuple(p.data_ptr() for p in engine.network.parameters()))
 
     def _still_valid(self, engine: Any) -> bool:
