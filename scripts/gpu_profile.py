@@ -24,6 +24,12 @@ the dt backward's tiles and channel splits (``ss2d_triton._DT_TILES``, ``_DT_MIN
 
     python scripts/gpu_profile.py fwd-tiles --dtype bf16
     python scripts/gpu_profile.py dt-tiles --dtype bf16
+
+``scan-configs`` times a training forward + backward of the core at the four stage shapes for whole ``ScanConfig``
+variants (``VMUNET_TRITON_SCAN`` syntax, ``;`` between variants, ``default`` for the current one), with the peak
+memory of the call, and the total for the paper network's 15 cores (3 / 4 / 4 / 4 per stage)::
+
+    python scripts/gpu_profile.py scan-configs --configs "default;seg_len=16;bwd_maxnreg=168" --dtype bf16
 """
 
 from __future__ import annotations
@@ -219,9 +225,53 @@ def sweep_dt_tiles(args) -> None:
         st._DT_MIN_PROGRAMS = min_programs
 
 
+# SS2D cores per stage in the paper VM-UNet (encoder depths 2, 2, 2, 2; decoder 2, 2, 2, 1)
+CORES_PER_STAGE = {1: 3, 2: 4, 3: 4, 4: 4}
+
+
+def sweep_scan_configs(args, amp) -> None:
+    """Time a training forward + backward of the core per stage for each ``ScanConfig`` variant; print ms per call,
+    peak memory above the inputs, and the total over the paper network's cores."""
+    from vmunet_monai.ops import ss2d_triton as st
+
+    before = st.get_config()
+    variants = [v.strip() for v in args.configs.split(";") if v.strip()]
+    print(f"core training forward + backward, batch {args.batch}, {args.dtype}: ms per call (median of "
+          f"{args.repeats}), peak MiB above the inputs; total = 3 / 4 / 4 / 4 cores of stages 1-4")
+    totals = {v: 0.0 for v in variants}
+    try:
+        for stage in sorted(STAGE_SHAPES):
+            x, params = make_inputs(stage, args.batch, torch.device("cuda"))
+            cells = []
+            for v in variants:
+                kw = {} if v == "default" else {k.strip(): int(val) for k, _, val in
+                                                 (item.partition("=") for item in v.split(","))}
+                st.set_config(before, **kw)
+
+                def step():
+                    with amp:
+                        y = st.ss2d_scan_triton(x, *params)
+                    y.float().square().mean().backward()
+
+                step()
+                torch.cuda.synchronize()
+                base = torch.cuda.memory_allocated()
+                torch.cuda.reset_peak_memory_stats()
+                ms = _median_ms(step, args.warmup, args.repeats)
+                peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+                totals[v] += CORES_PER_STAGE[stage] * ms
+                cells.append(f"{ms:8.3f} ms {peak:7.0f} MiB")
+            print(f"  stage {stage} {STAGE_SHAPES[stage][:3]}: " + " | ".join(f"{v}: {c}" for v, c in
+                                                                          zip(variants, cells)))
+    finally:
+        st.set_config(before)
+    for v in variants:
+        print(f"  total {totals[v]:8.2f} ms  {v}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", nargs="?", choices=("core", "network", "fwd-tiles", "dt-tiles"), default="core")
+    parser.add_argument("mode", nargs="?", choices=("core", "network", "fwd-tiles", "dt-tiles", "scan-configs"), default="core")
     parser.add_argument("--stage", type=int, default=1, choices=sorted(STAGE_SHAPES), help="core: stage shape")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="bf16", help="bf16 = under bf16 autocast")
@@ -234,7 +284,9 @@ def main() -> None:
     parser.add_argument("--dt-tiles", default="128x4x32x0,64x8x32x0,64x4x32x0,32x4x32x0,64x4x64x0,128x4x32x1000,"
                         "64x8x32x1000,64x4x32x1000,64x8x32x2000,32x4x32x2000",
                         help="dt-tiles: candidates, rows x warps x channels per iteration x min programs")
-    parser.add_argument("--repeats", type=int, default=15, help="fwd-tiles / dt-tiles: timed calls per candidate")
+    parser.add_argument("--configs", default="default;seg_len=16;bwd_maxnreg=168",
+                        help="scan-configs: ScanConfig variants, ';' between them")
+    parser.add_argument("--repeats", type=int, default=15, help="fwd-tiles / dt-tiles / scan-configs: timed calls")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("gpu_profile.py needs a CUDA device")
@@ -245,6 +297,8 @@ def main() -> None:
         sweep_forward_tiles(args, amp)
     elif args.mode == "dt-tiles":
         sweep_dt_tiles(args)
+    elif args.mode == "scan-configs":
+        sweep_scan_configs(args, amp)
     else:
         profile_network(args, amp)
 

@@ -116,7 +116,7 @@ def main() -> None:
     from vmunet_monai.ops import ss2d_triton_kernels as tile
     from vmunet_monai.ops import ss2d_triton_seq_kernels as seq
 
-    cfg = st.get_config()
+    cfg = st.config_for_length(st.get_config(), 64 * 64)  # the stage-1 choice of the per-length fields
     pre = bool(cfg.pre_softplus)  # softplus(delta + bias) outside the scan kernels
     common = dict(K=4, N=16, NP=16, H=64, W=64, CROSS=True, SOFTPLUS=not pre, HAS_D=True, HAS_BIAS=not pre)
     fwd_cps = cfg.seg_len // cfg.fwd_block_l

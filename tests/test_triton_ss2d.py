@@ -370,18 +370,20 @@ def test_backward_with_vanishing_decays_matches_reference(bwd_seq):
         assert rel_err(got, want) < 1e-4, f"gradient of {name}: relative error {rel_err(got, want):.2e}"
 
 
-@pytest.mark.parametrize("seg_len,bwd_block_l", [(8, 2), (4, 4), (16, 8)])
-def test_sequential_backward_matches_reference(seg_len, bwd_block_l):
+@pytest.mark.parametrize("seg_len,bwd_block_l,maxnreg", [(8, 2, 0), (4, 4, 0), (16, 8, 0), (8, 4, 168)])
+def test_sequential_backward_matches_reference(seg_len, bwd_block_l, maxnreg):
     """bwd_seq=1 (one time step per iteration, states of a sub-segment in scratch) against the reference:
     several segments and sub-segments with a partial last one, no recomputation pass (seg_len == bwd_block_l),
-    a masked channel block (the plain selective scan: test_selective_scan_matches_reference_layouts_and_options)."""
+    two sub-segments per segment (the recomputation pass stops before the last one), a register cap (``maxnreg``,
+    compiled on the GPU), a masked channel block (the plain selective scan:
+    test_selective_scan_matches_reference_layouts_and_options)."""
     torch.manual_seed(11)
     b, h, w, d, n, r = (1, 3, 5, 6, 4, 2) if not CUDA else (2, 19, 23, 96, 16, 6)
     scale = 1 if not CUDA else 4  # longer sequences on the GPU: the same segment / sub-segment structure
     seg, sub = seg_len * scale, bwd_block_l * scale
     st.set_config(st.ScanConfig(fwd_block_l=min(seg, 4 * scale), fwd_block_d=4 if not CUDA else 16,
                                 fwd_warps=1 if not CUDA else 4, bwd_block_l=sub, bwd_block_d=4 if not CUDA else 32,
-                                bwd_warps=1, seg_len=seg, bwd_seq=1))
+                                bwd_warps=1, seg_len=seg, bwd_seq=1, bwd_maxnreg=maxnreg))
     params = make_params(d, n, r)
     x = torch.randn(b, h, w, d, device=DEVICE, requires_grad=True)
     y = st.ss2d_scan_triton(x, *params)
@@ -464,9 +466,28 @@ def test_bad_inputs_and_config_are_rejected():
         st.set_config(fwd_block_l=12)
     with pytest.raises(ValueError, match="multiple"):
         st.set_config(fwd_block_l=32, seg_len=48)
+    with pytest.raises(ValueError, match="seg_len must be >= 0"):
+        st.set_config(bwd_maxnreg=-2)
     with pytest.raises(NotImplementedError, match="z gate"):
         st.selective_scan_triton(*(torch.zeros(1, 2, 3),) * 2, torch.zeros(2, 1), *(torch.zeros(1, 1, 3),) * 2,
                                  z=torch.zeros(1, 2, 3))
+
+
+def test_config_for_length_fills_only_the_fields_left_open():
+    """seg_len = 0 / bwd_maxnreg = -1 (the defaults) are chosen per sequence length; explicit values are kept; the
+    forward's saved states follow the chosen segment length."""
+    default = st.ScanConfig()
+    assert (default.seg_len, default.bwd_maxnreg) == (0, -1)
+    chosen = {hw: st.config_for_length(default, hw * hw) for hw in (64, 32, 16, 8, 1)}
+    assert {hw: (c.seg_len, c.bwd_maxnreg) for hw, c in chosen.items()} == {
+        64: (32, 0), 32: (128, 168), 16: (32, 168), 8: (32, 0), 1: (32, 0)}
+    for c in chosen.values():  # every choice is a valid configuration for the default tiles
+        assert c.seg_len % c.bwd_block_l == 0 and c.seg_len % c.fwd_block_l == 0
+    explicit = st.ScanConfig(seg_len=64, bwd_maxnreg=0)
+    assert st.config_for_length(explicit, 4096) is explicit
+    half = st.config_for_length(st.ScanConfig(seg_len=256), 32 * 32)
+    assert (half.seg_len, half.bwd_maxnreg) == (256, 168)
+    assert st._ss2d_n_slots(64 * 64, chosen[64]) == 4096 // 32 + 1
 
 
 def test_registered_as_triton_backend():

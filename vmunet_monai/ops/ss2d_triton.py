@@ -86,8 +86,9 @@ class ScanConfig:
         bwd_warps: warps per backward program.
         seg_len: time steps between two fp32 states saved by the forward for the backward; a multiple
             of both block_l values. ``seg_len == bwd_block_l`` skips the backward's recomputation pass
-            but saves a state per tile; any longer segment costs one recomputation pass and saves
-            ``1 / seg_len`` of the states.
+            but saves a state per tile; any longer segment costs one recomputation pass (over all but
+            the last ``bwd_block_l`` steps of the segment) and saves ``1 / seg_len`` of the states.
+            0 = chosen per sequence length (:func:`config_for_length`).
         fwd_seq: 1 = forward kernel steps through time one step per iteration (``fwd_seq_kernel``: state in
             registers, no scan tree; ``fwd_block_l`` then only sets the state-saving granularity) instead of
             chunked ``tl.associative_scan`` (0); 2 = choose per call: the sequential kernel when it has at least
@@ -109,6 +110,9 @@ class ScanConfig:
             (u, delta, B, C); their gradients still leave the kernels in the 16-bit dtype. The kernels compute in
             fp32 either way, so results are identical; 0 = let the kernels load 16-bit values themselves (1.9x
             slower on the H200: docs/benchmarks.md).
+        bwd_maxnreg: with ``bwd_seq``, the most registers per thread of the sequential backward (Triton's ``maxnreg``;
+            0 = as many as the compiler wants: 228, 8 one-warp programs per multiprocessor; 168 fits 12). -1 =
+            chosen per sequence length (:func:`config_for_length`).
         fused_dt: with ``pre_softplus``, 1 = the backward of the dt projection and softplus is one Triton kernel
             (``dt_proj_triton_kernels``: reads the scan's ddelta once, writes ddts and partial sums of d dt_w /
             d dt_bias); 0 = the softplus-gradient kernel and batched GEMMs, for which cuBLAS picks slow kernels
@@ -130,9 +134,8 @@ class ScanConfig:
     bwd_block_d: int = 32
     bwd_warps: int = 1
     # seg_len trades saved-state memory (1 / seg_len of all states) for a recomputation pass in the backward
-    # (none when seg_len == bwd_block_l). Stage 1, batch 32, bf16, sequential backward: 13.8 ms / 2273 MiB
-    # at 16 (no pass), 15.7 ms / 1701 MiB at 64, 15.7 ms / 1611 MiB at 128, 15.7 ms / 1575 MiB at 256
-    seg_len: int = 128
+    # (none when seg_len == bwd_block_l); chosen per sequence length with bwd_maxnreg: _BY_LENGTH below
+    seg_len: int = 0
     bwd_rev_flip: int = 0
     fwd_seq: int = 2
     upcast_16bit: int = 1
@@ -144,6 +147,7 @@ class ScanConfig:
     fwd_seq_block_d: int = 64
     fwd_seq_warps: int = 2
     fused_dt: int = 1
+    bwd_maxnreg: int = -1
 
     def validate(self) -> "ScanConfig":
         for f in ("fwd_block_l", "fwd_block_d", "bwd_block_l", "bwd_block_d", "fwd_seq_block_d"):
@@ -153,6 +157,9 @@ class ScanConfig:
         for f in ("fwd_block_l", "bwd_block_l"):
             if self.seg_len % getattr(self, f):
                 raise ValueError(f"ScanConfig.seg_len={self.seg_len} must be a multiple of {f}={getattr(self, f)}")
+        if self.seg_len < 0 or self.bwd_maxnreg < -1:
+            raise ValueError(f"ScanConfig.seg_len must be >= 0 and bwd_maxnreg >= -1, got {self.seg_len} / "
+                             f"{self.bwd_maxnreg}")
         if self.seq_stages < 1:
             raise ValueError(f"ScanConfig.seq_stages must be >= 1, got {self.seq_stages}")
         return self
@@ -173,6 +180,26 @@ def _config_from_env() -> ScanConfig:
             kw[key] = int(value)
         cfg = replace(cfg, **kw)
     return cfg.validate()
+
+
+# seg_len / bwd_maxnreg per sequence length L = H * W where the configuration leaves them at 0 / -1: (smallest L,
+# seg_len, bwd_maxnreg), first match. H200 sweep of one core's training forward + backward at the four VM-UNet stage
+# shapes, batch 32, bf16 (``python scripts/gpu_profile.py scan-configs``, docs/benchmarks.md, tenth session). Long
+# sequences have too few programs to fill the GPU (768 one-warp programs at stage 1), so a register cap only adds
+# instructions there, while halving the recomputation pass (32-step segments: it covers 16 of 32 steps) pays; from
+# 1024 steps on there are enough programs for 12 rather than 8 per multiprocessor to help. Memory: a 32-step segment
+# saves 4x the states of a 128-step one (+290 MiB per stage-1 core at batch 32).
+_BY_LENGTH = ((2048, 32, 0), (512, 128, 168), (128, 32, 168), (0, 32, 0))
+
+
+def config_for_length(cfg: ScanConfig, length: int) -> ScanConfig:
+    """``cfg`` with ``seg_len == 0`` / ``bwd_maxnreg == -1`` replaced by the choice for sequences of ``length`` steps
+    (``_BY_LENGTH``); explicit values are kept."""
+    if cfg.seg_len and cfg.bwd_maxnreg >= 0:
+        return cfg
+    _, seg_len, maxnreg = next(rule for rule in _BY_LENGTH if length >= rule[0])
+    return replace(cfg, seg_len=cfg.seg_len or seg_len,
+                   bwd_maxnreg=maxnreg if cfg.bwd_maxnreg < 0 else cfg.bwd_maxnreg).validate()
 
 
 _CONFIG: Optional[ScanConfig] = None
@@ -388,6 +415,8 @@ def _scan_backward(u4, dl4, b4, c4, A, Dskip, bias, dy4, states, du4, H, W, cros
     scratch = torch.empty((max(1, Bsz * K * n_dblk * per_program * cfg.bwd_block_d * NP),),
                           device=dev, dtype=torch.float32)
     seq_kw = {"STAGES": cfg.seq_stages} if cfg.bwd_seq else {"REV_FLIP": bool(cfg.bwd_rev_flip)}
+    if cfg.bwd_seq and cfg.bwd_maxnreg:
+        seq_kw["maxnreg"] = cfg.bwd_maxnreg
     grid = (Bsz * K, n_dblk)
     dummy = A  # stands in for absent D / bias (never read: HAS_D / HAS_BIAS are False then)
     _LAST_LAUNCH["bwd"] = bwd_kernel[grid](
@@ -580,7 +609,7 @@ def _ss2d_fwd_impl(u, x_dbl, dt_w, A, Ds, delta_bias, H, W, cfg_list, save_state
 def _ss2d_bwd_impl(dy, u, x_dbl, dt_w, A, Ds, delta_bias, states, H, W, cfg_list):
     """Backward of the fused core: grads of (u, x_dbl, dt_w, A, Ds, delta_bias)."""
     fwd_cfg = _cfg_from_list(cfg_list)
-    cfg = get_config()
+    cfg = config_for_length(get_config(), H * W)
     if fwd_cfg.seg_len % cfg.bwd_block_l:
         cfg = fwd_cfg  # the configuration changed since the forward: use the forward's tiles
     r = dt_w.shape[2]
@@ -643,7 +672,7 @@ class _SS2DScanFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, x_dbl, dt_w, A, Ds, delta_bias, H: int, W: int):
-        cfg_list = _cfg_to_list(get_config())
+        cfg_list = _cfg_to_list(config_for_length(get_config(), H * W))
         need_grad = any(ctx.needs_input_grad)
         y, states = _ss2d_fwd_impl(u, x_dbl, dt_w, A, Ds, delta_bias, H, W, cfg_list, need_grad)
         if need_grad:
@@ -793,7 +822,8 @@ def ss2d_scan_triton(
         if op is not None:
             need_grad = torch.is_grad_enabled() and any(
                 t.requires_grad for t in (u, x_dbl, dt_projs_weight, A, Dsf, bias))
-            y, _ = op(u, x_dbl, dt_projs_weight, A, Dsf, bias, H, W, _cfg_to_list(get_config()), need_grad)
+            cfg_list = _cfg_to_list(config_for_length(get_config(), H * W))
+            y, _ = op(u, x_dbl, dt_projs_weight, A, Dsf, bias, H, W, cfg_list, need_grad)
         else:
             y = _SS2DScanFunction.apply(u, x_dbl, dt_projs_weight, A, Dsf, bias, H, W)
     return y.view(Bsz, H, W, DM)
@@ -820,7 +850,8 @@ def ss2d_scan_triton_parts(
     u, x_dbl, A, Dsf, bias = _ss2d_inputs(x, *params)
     Bsz, H, W, DM = x.shape
     with torch.autocast(device_type=x.device.type, enabled=False):
-        parts, _ = _ss2d_fwd_parts(u, x_dbl, dt_projs_weight, A, Dsf, bias, H, W, _cfg_to_list(get_config()), False)
+        cfg_list = _cfg_to_list(config_for_length(get_config(), H * W))
+        parts, _ = _ss2d_fwd_parts(u, x_dbl, dt_projs_weight, A, Dsf, bias, H, W, cfg_list, False)
     return parts.view(4, Bsz, H, W, DM)
 
 
@@ -832,8 +863,8 @@ def ss2d_scan_triton_parts(
 class _SelectiveScanFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, Bm, Cm, Dskip, delta_bias, softplus: bool, return_last_state: bool):
-        cfg = get_config()
         Bsz, GD, L = u.shape
+        cfg = config_for_length(get_config(), L)
         G = Bm.shape[1]
         DM = GD // G
         u4 = u.view(Bsz, G, DM, L).permute(0, 1, 3, 2)
@@ -861,8 +892,8 @@ class _SelectiveScanFunction(torch.autograd.Function):
     def backward(ctx, dy, *rest):
         u, delta, A, Bm, Cm, Dskip, delta_bias, states = ctx.saved_tensors
         softplus, has_d, has_bias = ctx.flags
-        cfg = get_config()
         Bsz, GD, L = u.shape
+        cfg = config_for_length(get_config(), L)
         G = Bm.shape[1]
         DM = GD // G
         u4 = u.view(Bsz, G, DM, L).permute(0, 1, 3, 2)

@@ -31,6 +31,19 @@ def _row_loads(u_base, dl_base, b_base, t, k, L, H, W, offs_d, mask_d, offs_n, m
 
 
 @triton.jit
+def _step_delta(raw, bias, mask_d, SOFTPLUS: tl.constexpr, HAS_BIAS: tl.constexpr):
+    # (biased raw delta, delta) of a step in fp32. Without softplus the masked-off channels load as 0, so delta is 0
+    # there already; with it softplus(0) is not, so they are zeroed (no state update in padding channels)
+    biased = raw.to(tl.float32)
+    if HAS_BIAS:
+        biased = biased + bias
+    if SOFTPLUS:
+        return biased, tl.where(mask_d, _delta(biased, True), 0.0)
+    else:
+        return biased, biased
+
+
+@triton.jit
 def _program_setup(a_ptr, dskip_ptr, bias_ptr, DM, K: tl.constexpr, N: tl.constexpr, NP: tl.constexpr,
                    BLOCK_D: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):
     # this program's (batch, direction) and channel block, its index vectors and masks, and its channels'
@@ -101,7 +114,7 @@ def fwd_seq_kernel(
         p, raw, u, bm = _row_loads(u_base, dl_base, b_base, t, k, L, H, W, offs_d, mask_d, offs_n, mask_n,
                                    su_l, su_d, sdl_l, sdl_d, sb_l, sb_n, CROSS)
         cm = tl.load(c_base + p * sc_l + offs_n * sc_n, mask=mask_n, other=0.0)
-        dlt = tl.where(mask_d, _delta(raw.to(tl.float32) + bias, SOFTPLUS), 0.0)
+        _raw, dlt = _step_delta(raw, bias, mask_d, SOFTPLUS, HAS_BIAS)
         uf = u.to(tl.float32)
         h = tl.exp2(a2 * dlt[None, :]) * h + bm.to(tl.float32)[:, None] * (dlt * uf)[None, :]
         y = tl.sum(h * cm.to(tl.float32)[:, None], axis=0) + dskip * uf
@@ -171,13 +184,15 @@ def bwd_seq_kernel(
         h = tl.load(scr_base + scr_offs)
         if CPS > 1:
             # the states at the sub-segment starts
-            for t in tl.range(t_lo, t_hi, num_stages=STAGES):
+            # (the steps of the last sub-segment are not needed: only its start state is)
+            for t in tl.range(t_lo, t_lo + (n_sub - 1) * BLOCK_L, num_stages=STAGES):
                 if (t - t_lo) % BLOCK_L == 0:
                     tl.store(scr_base + ((t - t_lo) // BLOCK_L) * STATE + scr_offs, h)
                 _p, raw, u, bm = _row_loads(u_base, dl_base, b_base, t, k, L, H, W, offs_d, mask_d, offs_n, mask_n,
                                             su_l, su_d, sdl_l, sdl_d, sb_l, sb_n, CROSS)
-                dlt = tl.where(mask_d, _delta(raw.to(tl.float32) + bias, SOFTPLUS), 0.0)
+                _raw, dlt = _step_delta(raw, bias, mask_d, SOFTPLUS, HAS_BIAS)
                 h = tl.exp2(a2 * dlt[None, :]) * h + bm.to(tl.float32)[:, None] * (dlt * u.to(tl.float32))[None, :]
+            tl.store(scr_base + (n_sub - 1) * STATE + scr_offs, h)
             tl.debug_barrier()
         for ji in range(0, n_sub):
             j = n_sub - 1 - ji
@@ -191,7 +206,7 @@ def bwd_seq_kernel(
                 p, raw, u, bm = _row_loads(u_base, dl_base, b_base, t, k, L, H, W, offs_d, mask_d, offs_n, mask_n,
                                            su_l, su_d, sdl_l, sdl_d, sb_l, sb_n, CROSS)
                 dy = tl.load(dy_base + p * sdy_l + offs_d * sdy_d, mask=mask_d, other=0.0)
-                dlt = tl.where(mask_d, _delta(raw.to(tl.float32) + bias, SOFTPLUS), 0.0)
+                _raw, dlt = _step_delta(raw, bias, mask_d, SOFTPLUS, HAS_BIAS)
                 h = tl.exp2(a2 * dlt[None, :]) * h + bm.to(tl.float32)[:, None] * (dlt * u.to(tl.float32))[None, :]
                 tl.store(dc_base + p * sdc_l + offs_n * sdc_n, tl.sum(h * dy.to(tl.float32)[None, :], axis=1),
                          mask=mask_n)
@@ -204,21 +219,20 @@ def bwd_seq_kernel(
                 dyf = tl.load(dy_base + p * sdy_l + offs_d * sdy_d, mask=mask_d, other=0.0).to(tl.float32)
                 cm = tl.load(c_base + p * sc_l + offs_n * sc_n, mask=mask_n, other=0.0).to(tl.float32)
                 h_prev = tl.load(hist_base + (t - lo) * STATE + scr_offs)
-                raw = raw.to(tl.float32) + bias
-                dlt = tl.where(mask_d, _delta(raw, SOFTPLUS), 0.0)
+                raw, dlt = _step_delta(raw, bias, mask_d, SOFTPLUS, HAS_BIAS)
                 uf = u.to(tl.float32)
                 g = w + cm[:, None] * dyf[None, :]
                 da = tl.exp2(a2 * dlt[None, :])
-                x = g * da * h_prev  # g_t exp(delta_t A) h_{t-1}
-                da_acc += x * dlt[None, :]
                 gb = tl.sum(g * bm.to(tl.float32)[:, None], axis=0)
+                tl.store(db_base + p * sdb_l + offs_n * sdb_n, tl.sum(g * (dlt * uf)[None, :], axis=1), mask=mask_n)
+                w = g * da  # the carry to step t - 1, exp(delta_t A) g_t
+                x = w * h_prev  # g_t exp(delta_t A) h_{t-1}
+                da_acc += x * dlt[None, :]
                 d_dlt = tl.sum(x * a_t, axis=0) + gb * uf
                 tl.store(du_base + p * sdu_l + offs_d * sdu_d, gb * dlt + dskip * dyf, mask=mask_d)
-                tl.store(ddl_base + p * sddl_l + offs_d * sddl_d,
-                         tl.where(mask_d, d_dlt * _delta_grad(raw, SOFTPLUS), 0.0), mask=mask_d)
-                tl.store(db_base + p * sdb_l + offs_n * sdb_n, tl.sum(g * (dlt * uf)[None, :], axis=1), mask=mask_n)
+                # (masked-off channels are not stored, so no zeroing of their gradient)
+                tl.store(ddl_base + p * sddl_l + offs_d * sddl_d, d_dlt * _delta_grad(raw, SOFTPLUS), mask=mask_d)
                 dd_acc += dyf * uf
-                w = da * g
             tl.debug_barrier()
     tl.store(da_ptr + b * (K * DM * N) + ch[None, :] * N + offs_n[:, None], da_acc, mask=mask_nd)
     tl.store(dd_ptr + b * (K * DM) + ch, dd_acc, mask=mask_d)
