@@ -238,12 +238,12 @@ def sweep_scan_configs(args, amp) -> None:
     variants = [v.strip() for v in args.configs.split(";") if v.strip()]
     print(f"core training forward + backward, batch {args.batch}, {args.dtype}: ms per call (median of "
           f"{args.repeats}), peak MiB above the inputs; total = 3 / 4 / 4 / 4 cores of stages 1-4")
-    totals = {v: 0.0 for v in variants}
+    totals = [0.0] * len(variants)
     try:
         for stage in sorted(STAGE_SHAPES):
             x, params = make_inputs(stage, args.batch, torch.device("cuda"))
             cells = []
-            for v in variants:
+            for i, v in enumerate(variants):
                 kw = {} if v == "default" else {k.strip(): int(val) for k, _, val in
                                                  (item.partition("=") for item in v.split(","))}
                 st.set_config(before, **kw)
@@ -259,14 +259,14 @@ def sweep_scan_configs(args, amp) -> None:
                 torch.cuda.reset_peak_memory_stats()
                 ms = _median_ms(step, args.warmup, args.repeats)
                 peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-                totals[v] += CORES_PER_STAGE[stage] * ms
+                totals[i] += CORES_PER_STAGE[stage] * ms
                 cells.append(f"{ms:8.3f} ms {peak:7.0f} MiB")
             print(f"  stage {stage} {STAGE_SHAPES[stage][:3]}: " + " | ".join(f"{v}: {c}" for v, c in
                                                                           zip(variants, cells)))
     finally:
         st.set_config(before)
-    for v in variants:
-        print(f"  total {totals[v]:8.2f} ms  {v}")
+    for v, total in zip(variants, totals):
+        print(f"  total {total:8.2f} ms  {v}")
 
 
 def main() -> None:

@@ -370,10 +370,12 @@ def test_backward_with_vanishing_decays_matches_reference(bwd_seq):
         assert rel_err(got, want) < 1e-4, f"gradient of {name}: relative error {rel_err(got, want):.2e}"
 
 
-@pytest.mark.parametrize("seg_len,bwd_block_l,maxnreg", [(8, 2, 0), (4, 4, 0), (16, 8, 0), (8, 4, 168)])
+@pytest.mark.parametrize("seg_len,bwd_block_l,maxnreg", [(8, 2, 0), (4, 4, 0), (16, 8, 0), (8, 4, 168),
+                                                       (16, 16, 0)])
 def test_sequential_backward_matches_reference(seg_len, bwd_block_l, maxnreg):
     """bwd_seq=1 (one time step per iteration, states of a sub-segment in scratch) against the reference:
-    several segments and sub-segments with a partial last one, no recomputation pass (seg_len == bwd_block_l),
+    several segments and sub-segments with a partial last one, no recomputation pass (seg_len == bwd_block_l; on
+    the GPU also with 64-step sub-segments, the default at 64 x 64),
     two sub-segments per segment (the recomputation pass stops before the last one), a register cap (``maxnreg``,
     compiled on the GPU), a masked channel block (the plain selective scan:
     test_selective_scan_matches_reference_layouts_and_options)."""
@@ -477,17 +479,24 @@ def test_config_for_length_fills_only_the_fields_left_open():
     """seg_len = 0 / bwd_maxnreg = -1 (the defaults) are chosen per sequence length; explicit values are kept; the
     forward's saved states follow the chosen segment length."""
     default = st.ScanConfig()
-    assert (default.seg_len, default.bwd_maxnreg) == (0, -1)
+    assert (default.bwd_block_l, default.seg_len, default.bwd_maxnreg) == (0, 0, -1)
     chosen = {hw: st.config_for_length(default, hw * hw) for hw in (64, 32, 16, 8, 1)}
-    assert {hw: (c.seg_len, c.bwd_maxnreg) for hw, c in chosen.items()} == {
-        64: (32, 0), 32: (128, 168), 16: (32, 168), 8: (32, 0), 1: (32, 0)}
+    assert {hw: (c.bwd_block_l, c.seg_len, c.bwd_maxnreg) for hw, c in chosen.items()} == {
+        64: (64, 64, 0), 32: (16, 128, 168), 16: (16, 32, 168), 8: (16, 32, 0), 1: (16, 32, 0)}
     for c in chosen.values():  # every choice is a valid configuration for the default tiles
         assert c.seg_len % c.bwd_block_l == 0 and c.seg_len % c.fwd_block_l == 0
-    explicit = st.ScanConfig(seg_len=64, bwd_maxnreg=0)
+    explicit = st.ScanConfig(bwd_block_l=16, seg_len=64, bwd_maxnreg=0)
     assert st.config_for_length(explicit, 4096) is explicit
+    # open fields follow the explicit ones: a sub-segment that divides the segment, a segment that both tiles divide
+    mixed = st.config_for_length(st.ScanConfig(seg_len=48), 4096)
+    assert (mixed.bwd_block_l, mixed.seg_len, mixed.bwd_maxnreg) == (16, 48, 0)
+    wide = st.config_for_length(st.ScanConfig(fwd_block_l=128), 8 * 8)
+    assert (wide.bwd_block_l, wide.seg_len) == (16, 128)
     half = st.config_for_length(st.ScanConfig(seg_len=256), 32 * 32)
-    assert (half.seg_len, half.bwd_maxnreg) == (256, 168)
-    assert st._ss2d_n_slots(64 * 64, chosen[64]) == 4096 // 32 + 1
+    assert (half.bwd_block_l, half.seg_len, half.bwd_maxnreg) == (16, 256, 168)
+    tile = st.config_for_length(st.ScanConfig(bwd_seq=0), 4096)  # the tile backward keeps short tiles
+    assert (tile.bwd_block_l, tile.seg_len) == (16, 64)
+    assert st._ss2d_n_slots(64 * 64, chosen[64]) == 4096 // 64 + 1
 
 
 def test_registered_as_triton_backend():

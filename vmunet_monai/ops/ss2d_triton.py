@@ -81,7 +81,8 @@ class ScanConfig:
         fwd_block_l: time steps per forward tile (power of two).
         fwd_block_d: channels per forward program (power of two).
         fwd_warps: warps per forward program.
-        bwd_block_l: time steps per backward tile (power of two).
+        bwd_block_l: time steps per backward tile (power of two); with ``bwd_seq``, per sub-segment, whose h_{t-1}
+            the backward keeps in scratch. 0 = chosen per sequence length (:func:`config_for_length`).
         bwd_block_d: channels per backward program (power of two).
         bwd_warps: warps per backward program.
         seg_len: time steps between two fp32 states saved by the forward for the backward; a multiple
@@ -124,17 +125,18 @@ class ScanConfig:
     # fwd_seq_block_d below; 16.8 ms per step of the 15 cores against 20.3 ms for the tile kernel), at batch 1
     # the tile kernel (16 steps x 16 channels, 4 warps; the sequential one walks 4096 steps in a handful of
     # programs: 9.4 ms instead of 2.9 ms batch-1 latency as a CUDA graph), chosen per call by ``fwd_seq=2``.
-    # Backward: the sequential kernel, 16-step sub-segments, 32 channels per one-warp program, loads pipelined
-    # 4 deep: 92 ms per bf16 training step of the 15 SS2D cores (fifth session), against 138 ms for the best tile
-    # backward (8 x 32, 4 warps; 255 registers with spills; fourth session).
+    # Backward: the sequential kernel, 32 channels per one-warp program, loads pipelined 4 deep: 92 ms per bf16
+    # training step of the 15 SS2D cores (fifth session), against 138 ms for the best tile backward (8 x 32, 4 warps;
+    # 255 registers with spills; fourth session); sub-segment and segment lengths and the register cap per sequence
+    # length (tenth session: 76.8 instead of 83.9 ms for the 15 cores' forward + backward).
     fwd_block_l: int = 16
     fwd_block_d: int = 16
     fwd_warps: int = 4
-    bwd_block_l: int = 16
+    bwd_block_l: int = 0
     bwd_block_d: int = 32
     bwd_warps: int = 1
     # seg_len trades saved-state memory (1 / seg_len of all states) for a recomputation pass in the backward
-    # (none when seg_len == bwd_block_l); chosen per sequence length with bwd_maxnreg: _BY_LENGTH below
+    # (none when seg_len == bwd_block_l); chosen per sequence length with bwd_block_l and bwd_maxnreg: _BY_LENGTH
     seg_len: int = 0
     bwd_rev_flip: int = 0
     fwd_seq: int = 2
@@ -152,10 +154,10 @@ class ScanConfig:
     def validate(self) -> "ScanConfig":
         for f in ("fwd_block_l", "fwd_block_d", "bwd_block_l", "bwd_block_d", "fwd_seq_block_d"):
             v = getattr(self, f)
-            if v < 1 or v & (v - 1):
+            if (v < 1 and not (f == "bwd_block_l" and v == 0)) or v & (v - 1):
                 raise ValueError(f"ScanConfig.{f} must be a power of two, got {v}")
         for f in ("fwd_block_l", "bwd_block_l"):
-            if self.seg_len % getattr(self, f):
+            if getattr(self, f) and self.seg_len % getattr(self, f):
                 raise ValueError(f"ScanConfig.seg_len={self.seg_len} must be a multiple of {f}={getattr(self, f)}")
         if self.seg_len < 0 or self.bwd_maxnreg < -1:
             raise ValueError(f"ScanConfig.seg_len must be >= 0 and bwd_maxnreg >= -1, got {self.seg_len} / "
@@ -182,23 +184,30 @@ def _config_from_env() -> ScanConfig:
     return cfg.validate()
 
 
-# seg_len / bwd_maxnreg per sequence length L = H * W where the configuration leaves them at 0 / -1: (smallest L,
-# seg_len, bwd_maxnreg), first match. H200 sweep of one core's training forward + backward at the four VM-UNet stage
-# shapes, batch 32, bf16 (``python scripts/gpu_profile.py scan-configs``, docs/benchmarks.md, tenth session). Long
-# sequences have too few programs to fill the GPU (768 one-warp programs at stage 1), so a register cap only adds
-# instructions there, while halving the recomputation pass (32-step segments: it covers 16 of 32 steps) pays; from
-# 1024 steps on there are enough programs for 12 rather than 8 per multiprocessor to help. Memory: a 32-step segment
-# saves 4x the states of a 128-step one (+290 MiB per stage-1 core at batch 32).
-_BY_LENGTH = ((2048, 32, 0), (512, 128, 168), (128, 32, 168), (0, 32, 0))
+# bwd_block_l / seg_len / bwd_maxnreg per sequence length L = H * W where the configuration leaves them at 0 / 0 / -1:
+# (smallest L, bwd_block_l, seg_len, bwd_maxnreg), first match. H200 sweeps of one core's training forward + backward
+# at the four VM-UNet stage shapes, batch 32, bf16 (``python scripts/gpu_profile.py scan-configs``, docs/benchmarks.md,
+# tenth session). Long sequences have too few programs to fill the GPU (768 one-warp programs at 64 x 64), so a
+# register cap only adds instructions there, while 64-step sub-segments as long as the segments remove the
+# recomputation pass (and save half the states of 32-step segments); from 1024 steps on there are enough programs for
+# 12 rather than 8 per multiprocessor to help. 32-step segments save 4x the states of 128-step ones: the choice keeps
+# the network's bf16 training peak under 6 GiB at batch 32.
+_BY_LENGTH = ((2048, 64, 64, 0), (512, 16, 128, 168), (128, 16, 32, 168), (0, 16, 32, 0))
 
 
 def config_for_length(cfg: ScanConfig, length: int) -> ScanConfig:
-    """``cfg`` with ``seg_len == 0`` / ``bwd_maxnreg == -1`` replaced by the choice for sequences of ``length`` steps
-    (``_BY_LENGTH``); explicit values are kept."""
-    if cfg.seg_len and cfg.bwd_maxnreg >= 0:
+    """``cfg`` with ``bwd_block_l == 0`` / ``seg_len == 0`` / ``bwd_maxnreg == -1`` replaced by the choice for sequences
+    of ``length`` steps (``_BY_LENGTH``), kept consistent with the fields set explicitly (the segment stays a
+    multiple of both tile lengths); explicit values are kept."""
+    if cfg.bwd_block_l and cfg.seg_len and cfg.bwd_maxnreg >= 0:
         return cfg
-    _, seg_len, maxnreg = next(rule for rule in _BY_LENGTH if length >= rule[0])
-    return replace(cfg, seg_len=cfg.seg_len or seg_len,
+    _, block_l, seg_len, maxnreg = next(rule for rule in _BY_LENGTH if length >= rule[0])
+    # powers of two: the largest one dividing an explicit seg_len, and the largest of the tile lengths divides it
+    if not cfg.bwd_seq:
+        block_l = min(block_l, 16)  # the tile backward scans a whole tile at once: keep its tiles short
+    block_l = cfg.bwd_block_l or (min(block_l, cfg.seg_len & -cfg.seg_len) if cfg.seg_len else block_l)
+    seg_len = cfg.seg_len or max(seg_len, block_l, cfg.fwd_block_l)
+    return replace(cfg, bwd_block_l=block_l, seg_len=seg_len,
                    bwd_maxnreg=maxnreg if cfg.bwd_maxnreg < 0 else cfg.bwd_maxnreg).validate()
 
 

@@ -1,4 +1,4 @@
-# tenth session device commands (calls 1-4, 2026-11-30 04:52-05:06 UTC): h1.sh sweep + benchmarks + parity tests; h2.sh per-length defaults; h3.sh whole triton GPU test file, graph-step tests, Synapse bundle; h4.sh kernel breakdown + ISIC bundle
+# tenth session device commands (calls 1-6, 2026-11-30 04:52-05:33 UTC): h1.sh sweep + benchmarks + parity tests; h2.sh per-length defaults; h3.sh whole triton GPU test file, graph-step tests, Synapse bundle; h4.sh kernel breakdown + ISIC bundle; h5.sh longer backward sub-segments; h6.sh their per-length default, benchmark, GPU tests
 ### .gpu/s/h1.sh
 # tenth session, call 1: GPU parity of the changed backward; ScanConfig sweep per stage; whole network bf16
 source .gpu/s/env.sh
@@ -46,4 +46,17 @@ print([(r.get('epoch'), round(r.get('train_loss',0),4), round(r.get('train_time_
 PY
 grep -h "CUDA-graph" /root/b1/run.log | head -3 | cut -c1-200
 cp /root/b1/eval/history.json $OUT/h4_bundle_bf16_graph_history.json; tail -30 /root/b1/run.log > $OUT/h4_bundle_bf16_graph_run_tail.log
+echo "end at $(elapsed) s"
+### .gpu/s/h5.sh
+# tenth session, call 5: longer backward sub-segments (history of bwd_block_l steps) in place of the recomputation pass
+source .gpu/s/env.sh
+python3 -c 'import monai, ignite, fire, nibabel' 2>/dev/null || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+timeout 150 python3 scripts/gpu_profile.py scan-configs --dtype bf16 --repeats 10 --configs "default;bwd_block_l=32,seg_len=32,bwd_maxnreg=0;bwd_block_l=32,seg_len=32,bwd_maxnreg=168;bwd_block_l=64,seg_len=64,bwd_maxnreg=0;bwd_block_l=32,seg_len=64,bwd_maxnreg=0;bwd_block_l=64,seg_len=64,bwd_maxnreg=168;default" > $OUT/h5_scan_configs_bf16.log 2>&1; grep -v Warn $OUT/h5_scan_configs_bf16.log | tail -12; echo "end at $(elapsed) s"
+### .gpu/s/h6.sh
+# tenth session, call 6: 64-step sub-segments at 64 x 64 in the per-length default; whole network fp32 + bf16; triton GPU tests
+source .gpu/s/env.sh
+python3 -c 'import monai, ignite, fire, nibabel' 2>/dev/null || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+timeout 150 python3 scripts/benchmark.py --device cuda --backends triton --no-scans --cuda-graph --repeats 20 --dtype fp32,bf16 --json $OUT/h6_bench.json > $OUT/h6_bench.log 2>&1; grep -E "^ +triton" $OUT/h6_bench.log | tail -12; echo "bench at $(elapsed) s"
+timeout 230 python3 -m pytest -q -p no:cacheprovider -rA tests/test_triton_ss2d.py > $OUT/h6_pytest_triton_gpu.log 2>&1; grep -E "passed|failed|error" $OUT/h6_pytest_triton_gpu.log | tail -3; echo "tests at $(elapsed) s"
+[ $(elapsed) -lt 330 ] && { timeout 50 python3 scripts/gpu_profile.py scan-configs --dtype bf16 --repeats 10 --configs "default;bwd_block_l=16,seg_len=32,bwd_maxnreg=0" > $OUT/h6_scan_configs_bf16.log 2>&1; grep -v Warn $OUT/h6_scan_configs_bf16.log | tail -6; }
 echo "end at $(elapsed) s"
