@@ -475,6 +475,11 @@ def _cfg_to_list(cfg: ScanConfig) -> "list[int]":
     return [getattr(cfg, name) for name in _CFG_FIELDS]
 
 
+def _cfg_list_for(length: int) -> "list[int]":
+    """The current configuration with its per-length fields chosen, as the list a forward records for its backward."""
+    return _cfg_to_list(config_for_length(get_config(), length))
+
+
 def _ss2d_delta(x_dbl, dt_w, r):
     """``delta = dts @ dt_w^T`` per direction, as (K, B, L, D), in x_dbl's dtype; also returns dts."""
     bsz, length, k, _ = x_dbl.shape
@@ -681,7 +686,7 @@ class _SS2DScanFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u, x_dbl, dt_w, A, Ds, delta_bias, H: int, W: int):
-        cfg_list = _cfg_to_list(config_for_length(get_config(), H * W))
+        cfg_list = _cfg_list_for(H * W)
         need_grad = any(ctx.needs_input_grad)
         y, states = _ss2d_fwd_impl(u, x_dbl, dt_w, A, Ds, delta_bias, H, W, cfg_list, need_grad)
         if need_grad:
@@ -831,7 +836,7 @@ def ss2d_scan_triton(
         if op is not None:
             need_grad = torch.is_grad_enabled() and any(
                 t.requires_grad for t in (u, x_dbl, dt_projs_weight, A, Dsf, bias))
-            cfg_list = _cfg_to_list(config_for_length(get_config(), H * W))
+            cfg_list = _cfg_list_for(H * W)
             y, _ = op(u, x_dbl, dt_projs_weight, A, Dsf, bias, H, W, cfg_list, need_grad)
         else:
             y = _SS2DScanFunction.apply(u, x_dbl, dt_projs_weight, A, Dsf, bias, H, W)
@@ -859,7 +864,7 @@ def ss2d_scan_triton_parts(
     u, x_dbl, A, Dsf, bias = _ss2d_inputs(x, *params)
     Bsz, H, W, DM = x.shape
     with torch.autocast(device_type=x.device.type, enabled=False):
-        cfg_list = _cfg_to_list(config_for_length(get_config(), H * W))
+        cfg_list = _cfg_list_for(H * W)
         parts, _ = _ss2d_fwd_parts(u, x_dbl, dt_projs_weight, A, Dsf, bias, H, W, cfg_list, False)
     return parts.view(4, Bsz, H, W, DM)
 
