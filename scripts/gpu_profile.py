@@ -244,9 +244,7 @@ def sweep_scan_configs(args, amp) -> None:
             x, params = make_inputs(stage, args.batch, torch.device("cuda"))
             cells = []
             for i, v in enumerate(variants):
-                kw = {} if v == "default" else {k.strip(): int(val) for k, _, val in
-                                                 (item.partition("=") for item in v.split(","))}
-                st.set_config(before, **kw)
+                st.set_config(before, **({} if v == "default" else st.parse_config_spec(v)))
 
                 def step():
                     with amp:
@@ -271,7 +269,8 @@ def sweep_scan_configs(args, amp) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("mode", nargs="?", choices=("core", "network", "fwd-tiles", "dt-tiles", "scan-configs"), default="core")
+    parser.add_argument("mode", nargs="?", choices=("core", "network", "fwd-tiles", "dt-tiles", "scan-configs"),
+                        default="core")
     parser.add_argument("--stage", type=int, default=1, choices=sorted(STAGE_SHAPES), help="core: stage shape")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="bf16", help="bf16 = under bf16 autocast")

@@ -476,7 +476,7 @@ def _fwd_kw(cand):
 
 
 def sweep(batch, budget_s, bwd_only=False):
-    # the stage-1 (64 x 64) choice of the per-length fields (seg_len, bwd_maxnreg) stands in for "default"
+    # the stage-1 (64 x 64) choice of the per-length fields (bwd_block_l, seg_len, bwd_maxnreg) stands in for "default"
     default = st.config_for_length(st.get_config(), 64 * 64)
     best_fwd = {}
     best_bwd = {}

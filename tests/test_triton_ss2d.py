@@ -476,7 +476,7 @@ def test_bad_inputs_and_config_are_rejected():
 
 
 def test_config_for_length_fills_only_the_fields_left_open():
-    """seg_len = 0 / bwd_maxnreg = -1 (the defaults) are chosen per sequence length; explicit values are kept; the
+    """bwd_block_l = 0 / seg_len = 0 / bwd_maxnreg = -1 (the defaults) are chosen per sequence length; explicit values are kept; the
     forward's saved states follow the chosen segment length."""
     default = st.ScanConfig()
     assert (default.bwd_block_l, default.seg_len, default.bwd_maxnreg) == (0, 0, -1)

@@ -169,19 +169,22 @@ class ScanConfig:
 
 def _config_from_env() -> ScanConfig:
     """Read ``VMUNET_TRITON_SCAN`` (e.g. ``"fwd_block_l=64,bwd_block_d=32,seg_len=128"``)."""
-    cfg = ScanConfig()
-    spec = os.environ.get("VMUNET_TRITON_SCAN", "").strip()
-    if spec:
-        names = {f.name for f in fields(ScanConfig)}
-        kw = {}
-        for item in spec.split(","):
-            key, _, value = item.partition("=")
-            key = key.strip()
-            if key not in names:
-                raise ValueError(f"VMUNET_TRITON_SCAN: unknown key {key!r}; known: {sorted(names)}")
-            kw[key] = int(value)
-        cfg = replace(cfg, **kw)
-    return cfg.validate()
+    return replace(ScanConfig(), **parse_config_spec(os.environ.get("VMUNET_TRITON_SCAN", ""))).validate()
+
+
+def parse_config_spec(spec: str) -> "dict[str, int]":
+    """``ScanConfig`` fields from a ``"key=value,key=value"`` string (``VMUNET_TRITON_SCAN`` syntax; empty = none)."""
+    names = {f.name for f in fields(ScanConfig)}
+    kw = {}
+    if not spec.strip():
+        return kw
+    for item in spec.strip().split(","):
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key not in names:
+            raise ValueError(f"VMUNET_TRITON_SCAN: unknown key {key!r}; known: {sorted(names)}")
+        kw[key] = int(value)
+    return kw
 
 
 # bwd_block_l / seg_len / bwd_maxnreg per sequence length L = H * W where the configuration leaves them at 0 / 0 / -1:
