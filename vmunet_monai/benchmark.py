@@ -426,7 +426,8 @@ def benchmark(
         cuda_graph: on CUDA, also time latency and inference replayed as a CUDA graph
             (:class:`vmunet_monai.networks.CUDAGraphModule`; modes ``latency_graph`` and ``inference_graph``) and,
             with ``train``, the whole training step captured as one graph (``train_graph``: the GPU's step time
-            without eager PyTorch's launch overhead).
+            without eager PyTorch's launch overhead); with ``compile`` too, also the step of the compiled model
+            captured as one graph (``train_compiled_graph``).
         compile: also time the forwards (modes ``latency_compiled``, ``inference_compiled``) and, with ``train``,
             the training step (``train_compiled``) under ``torch.compile(fullgraph=True)``; compilation happens
             before timing, a model that does not compile gets a row with the reason.
@@ -579,6 +580,10 @@ def benchmark(
                     model.load_state_dict(initial_state)
                     results.append(_graph_train_row(model, x_train, target, loss_fn, amp, dev, repeats, warmup,
                                                     row_base, quiet))
+                    if compile:
+                        model.load_state_dict(initial_state)
+                        results.append(_graph_train_row(model, x_train, target, loss_fn, amp, dev, repeats, warmup,
+                                                        row_base, quiet, compiled=True))
                 del train_step, x_train, target
                 model.eval()
             if on_cuda:
@@ -686,17 +691,25 @@ def _adamw_train_step(model, forward, x, target, loss_fn, amp, dev):
     return train_step, losses
 
 
-def _graph_train_row(model, x_train, target, loss_fn, amp, dev, repeats, warmup, row_base, quiet):
+def _graph_train_row(model, x_train, target, loss_fn, amp, dev, repeats, warmup, row_base, quiet,
+                     compiled: bool = False):
     """The training step (forward, loss, backward, AdamW step) captured once as a CUDA graph and replayed: the GPU's
     own step time, without the per-kernel launch cost of eager PyTorch (~1,500 launches per VM-UNet step). The
     recipe of PyTorch's "whole-network capture": a few eager steps on a side stream, ``AdamW(capturable=True)``,
-    autocast without its weight-cast cache, static input and target."""
+    autocast without its weight-cast cache, static input and target.
+
+    ``compiled``: the model runs under ``torch.compile(fullgraph=True)`` (row ``train_compiled_graph``; inductor fuses
+    the elementwise work, layer norms and casts around the scan's custom ops); the first warm-up step compiles."""
+    mode = "train_compiled_graph" if compiled else "train_graph"
+    if compiled:
+        torch._dynamo.reset()
+    forward = torch.compile(model, fullgraph=True) if compiled else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-2, capturable=True)
 
     def step():
         with torch.autocast(device_type=dev.type, dtype=amp or torch.float32, enabled=amp is not None,
                             cache_enabled=False):
-            loss = loss_fn(model(x_train), target)
+            loss = loss_fn(forward(x_train), target)
         loss.backward()
         optimizer.step()
         return loss
@@ -714,11 +727,11 @@ def _graph_train_row(model, x_train, target, loss_fn, amp, dev, repeats, warmup,
         with torch.cuda.graph(graph):
             static_loss = step()
     except Exception as err:  # a backend whose training step cannot be captured is reported, not fatal
-        return {**row_base, "mode": "train_graph", "skipped": f"capture failed: {type(err).__name__}: {err}"[:500]}
+        return {**row_base, "mode": mode, "skipped": f"capture failed: {type(err).__name__}: {err}"[:500]}
     with peak_memory_tracker(dev) as mem:
         times = _time_calls(graph.replay, dev, repeats, warmup)
-    row = {**row_base, "mode": "train_graph", "batch": x_train.shape[0], **_stats(times, x_train.shape[0]),
-           "peak_mem_mib": mem.peak_mib, "last_loss": float(static_loss)}
+    row = {**row_base, "mode": mode, "batch": x_train.shape[0], **_stats(times, x_train.shape[0]),
+           "peak_mem_mib": mem.peak_mib, "last_loss": float(static_loss.detach())}
     _log_row(row, quiet)
     del graph, optimizer
     return row

@@ -656,7 +656,8 @@ def _ss2d_bwd_impl(dy, u, x_dbl, dt_w, A, Ds, delta_bias, states, H, W, cfg_list
         u4, dl4, b4, c4, A, Ds, bias, dy4, states, du4, H, W, True, softplus, cfg, fwd_cfg,
         grad_dtype=x_dbl.dtype)
     del delta, uk, xk
-    du = du_parts.sum(0, dtype=torch.float32).to(u.dtype)
+    # one reduction kernel: a 16-bit sum accumulates in fp32 and rounds once, like summing in fp32 and casting
+    du = du_parts.sum(0) if du_parts.dtype == u.dtype else du_parts.sum(0, dtype=torch.float32).to(u.dtype)
     del du_parts
     if fused:  # ddelta is dLoss/d softplus(z): one kernel for softplus' and the dt projection's backward
         del dts

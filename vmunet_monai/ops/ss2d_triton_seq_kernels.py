@@ -146,8 +146,8 @@ def bwd_seq_kernel(
     from the end of time.
 
     Per segment a forward pass stores the state at every sub-segment start (``BLOCK_L`` steps); per
-    sub-segment, from the last one, a forward pass stores h_{t-1} of each step (and writes dC_t, which needs
-    h_t), then a reverse pass reads them back: g_t = C_t dy_t + w with w = exp(delta_{t+1} A) g_{t+1} carried
+    sub-segment, from the last one, a forward pass stores h_{t-1} of each step, then a reverse pass reads them back
+    (and writes dC_t from h_t, the state read back one step before): g_t = C_t dy_t + w with w = exp(delta_{t+1} A) g_{t+1} carried
     from the step after. The scratch is program-private: (CPS + BLOCK_L) states of (N, BLOCK_D).
     """
     pid_bk, pid_d, b, k, offs_d, mask_d, offs_n, mask_n, mask_nd, ch, a_t, dskip, bias = _program_setup(
@@ -200,18 +200,18 @@ def bwd_seq_kernel(
             hi = tl.minimum(lo + BLOCK_L, t_hi)
             if CPS > 1:
                 h = tl.load(scr_base + j * STATE + scr_offs)
-            # forward over the sub-segment: keep h_{t-1}; dC_t = sum_d dy_t h_t needs h_t
+            # forward over the sub-segment: keep h_{t-1} of each step
             for t in tl.range(lo, hi, num_stages=STAGES):
                 tl.store(hist_base + (t - lo) * STATE + scr_offs, h)
-                p, raw, u, bm = _row_loads(u_base, dl_base, b_base, t, k, L, H, W, offs_d, mask_d, offs_n, mask_n,
-                                           su_l, su_d, sdl_l, sdl_d, sb_l, sb_n, CROSS)
-                dy = tl.load(dy_base + p * sdy_l + offs_d * sdy_d, mask=mask_d, other=0.0)
+                _p, raw, u, bm = _row_loads(u_base, dl_base, b_base, t, k, L, H, W, offs_d, mask_d, offs_n, mask_n,
+                                            su_l, su_d, sdl_l, sdl_d, sb_l, sb_n, CROSS)
                 _raw, dlt = _step_delta(raw, bias, mask_d, SOFTPLUS, HAS_BIAS)
                 h = tl.exp2(a2 * dlt[None, :]) * h + bm.to(tl.float32)[:, None] * (dlt * u.to(tl.float32))[None, :]
-                tl.store(dc_base + p * sdc_l + offs_n * sdc_n, tl.sum(h * dy.to(tl.float32)[None, :], axis=1),
-                         mask=mask_n)
             tl.debug_barrier()
-            # reverse over the sub-segment
+            # reverse over the sub-segment. h_t, which dC_t = sum_d dy_t h_t needs, is the h_{t-1} read back at the
+            # step after (the forward pass's last state for the sub-segment's last step): dC costs no recomputation
+            # and no second read of dy in the forward pass
+            h_t = h
             for ti in tl.range(0, hi - lo, num_stages=STAGES):
                 t = hi - 1 - ti
                 p, raw, u, bm = _row_loads(u_base, dl_base, b_base, t, k, L, H, W, offs_d, mask_d, offs_n, mask_n,
@@ -219,6 +219,8 @@ def bwd_seq_kernel(
                 dyf = tl.load(dy_base + p * sdy_l + offs_d * sdy_d, mask=mask_d, other=0.0).to(tl.float32)
                 cm = tl.load(c_base + p * sc_l + offs_n * sc_n, mask=mask_n, other=0.0).to(tl.float32)
                 h_prev = tl.load(hist_base + (t - lo) * STATE + scr_offs)
+                tl.store(dc_base + p * sdc_l + offs_n * sdc_n, tl.sum(h_t * dyf[None, :], axis=1), mask=mask_n)
+                h_t = h_prev
                 raw, dlt = _step_delta(raw, bias, mask_d, SOFTPLUS, HAS_BIAS)
                 uf = u.to(tl.float32)
                 g = w + cm[:, None] * dyf[None, :]
