@@ -40,8 +40,14 @@ def compile_kernel(fn, constexprs: dict, num_warps: int, arch: int, pointers: "d
     sig = {name: ("constexpr" if name in constexprs else (pointers or {}).get(name, "*fp32")
                   if name.endswith("_ptr") else "i32") for name in fn.arg_names}
     attrs = {(i,): [["tt.divisibility", 16]] for i, name in enumerate(fn.arg_names) if sig[name] != "constexpr"}
-    src = ASTSource(fn=fn, signature=sig, attrs=attrs,
-                    constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
+    source = ASTSource
+    if type(fn).__name__ == "GluonJITFunction":  # a Gluon kernel: its own source class (layouts are explicit)
+        try:
+            from triton.experimental.gluon._runtime import GluonASTSource as source
+        except ImportError:
+            from triton.experimental.gluon import GluonASTSource as source
+    src = source(fn=fn, signature=sig, attrs=attrs,
+                 constexprs={(fn.arg_names.index(k),): v for k, v in constexprs.items()})
     return triton.compile(src, target=GPUTarget("cuda", arch, 32), options={"num_warps": num_warps})
 
 
@@ -137,6 +143,12 @@ def main() -> None:
         ("softplus_delta_kernel", tile.softplus_delta_kernel, 4, dict(BLOCK=st._SOFTPLUS_BLOCK)),
         ("softplus_grad_kernel", tile.softplus_grad_kernel, 4, dict(BLOCK=st._SOFTPLUS_BLOCK)),
     ]
+    gluon_bwd = st._gluon_backward_kernel()
+    if gluon_bwd is not None:  # the opt-in Gluon backward (ScanConfig.bwd_gluon), with a 16-bit model's gradients
+        kernels.append(("bwd_seq_gluon_kernel", gluon_bwd, 1,
+                        dict(common, SOFTPLUS=False, HAS_BIAS=False, BLOCK_L=cfg.bwd_block_l, BLOCK_D=32, CPS=bwd_cps,
+                             STAGES=cfg.seq_stages),
+                        {name: "*bf16" for name in ("du_ptr", "ddl_ptr", "db_ptr", "dc_ptr")}))
     for r, m, dm in ((6, 32 * 4096, 192), (48, 32 * 64, 1536)):  # the first and the last VM-UNet stage, batch 32
         for precision, tag, pointers in (("ieee", "", {}), ("tf32", ", bf16", bf16)):
             rp, block_m, warps, block_d, _, _ = st._dt_tiles(r, m, dm, 4, precision)

@@ -396,6 +396,60 @@ def test_sequential_backward_matches_reference(seg_len, bwd_block_l, maxnreg):
         assert rel_err(got, want) < 1e-4, f"gradient of {name}: relative error {rel_err(got, want):.2e}"
 
 
+@pytest.mark.skipif(not CUDA, reason="Gluon kernels compile for a GPU only (no interpreter)")
+@pytest.mark.parametrize("seg_len,bwd_block_l,maxnreg", [(64, 64, 0), (32, 8, 0), (128, 16, 168)])
+def test_gluon_backward_matches_reference(seg_len, bwd_block_l, maxnreg):
+    """bwd_gluon=1 (the Gluon sequential backward) against the reference, batch 1 and 2, odd H x W, a masked channel
+    block (70 = 32 + 32 + 6): one sub-segment per segment, several with the recomputation pass, a register cap."""
+    if st._kernels()["bwd_seq_gluon"] is None:
+        pytest.skip("this Triton has no triton.experimental.gluon")
+    for b, h, w, d in ((1, 9, 13, 70), (2, 19, 23, 96)):
+        torch.manual_seed(12)
+        st.set_config(st.ScanConfig(bwd_block_l=bwd_block_l, seg_len=seg_len, bwd_maxnreg=maxnreg, bwd_gluon=1))
+        params = make_params(d, 16, 6)
+        x = torch.randn(b, h, w, d, device=DEVICE, requires_grad=True)
+        y = st.ss2d_scan_triton(x, *params)
+        y_ref = ss2d_ref(x, *params)
+        go = torch.randn_like(y_ref)
+        got_grads = torch.autograd.grad(y, [x, *params], go)
+        assert st._LAST_BWD_KERNEL[0] == "bwd_seq_gluon_kernel"
+        for name, got, want in zip(NAMES, got_grads, torch.autograd.grad(y_ref, [x, *params], go)):
+            assert rel_err(got, want) < 1e-4, f"gradient of {name}: relative error {rel_err(got, want):.2e}"
+
+
+def test_gluon_backward_only_where_it_applies(monkeypatch):
+    """bwd_gluon=1 picks the Gluon backward only for the path it covers (pre-softplus delta without a bias in the
+    kernel, the cross scan, 16 states, 32-channel one-warp programs) and when it is importable; in the interpreter,
+    which does not run Gluon, the Triton kernel runs and gives the reference gradients."""
+    cfg = st.ScanConfig(bwd_gluon=1)
+    monkeypatch.setitem(st._kernels(), "bwd_seq_gluon", object())  # as where Gluon imports
+    assert st._use_gluon_backward(cfg, False, False, True, 16)
+    assert not st._use_gluon_backward(replace(cfg, bwd_gluon=0), False, False, True, 16)
+    assert not st._use_gluon_backward(cfg, True, True, True, 16)  # softplus + bias in the kernel (pre_softplus=0)
+    assert not st._use_gluon_backward(cfg, False, False, False, 16)  # the plain selective scan
+    assert not st._use_gluon_backward(cfg, False, False, True, 8)  # d_state 8
+    assert not st._use_gluon_backward(replace(cfg, bwd_block_d=16), False, False, True, 16)
+    assert not st._use_gluon_backward(replace(cfg, bwd_seq=0), False, False, True, 16)
+    monkeypatch.setitem(st._kernels(), "bwd_seq_gluon", None)  # Triton without Gluon
+    assert not st._use_gluon_backward(cfg, False, False, True, 16)
+    monkeypatch.undo()
+    if CUDA:
+        return  # test_gluon_backward_matches_reference runs it
+    assert st._kernels()["bwd_seq_gluon"] is None  # the interpreter
+    torch.manual_seed(3)
+    st.set_config(st.ScanConfig(fwd_block_l=4, fwd_block_d=4, fwd_warps=1, bwd_block_l=4, bwd_block_d=4, bwd_warps=1,
+                                seg_len=8, bwd_gluon=1))
+    params = make_params(6, 4, 2)
+    x = torch.randn(1, 3, 5, 6, requires_grad=True)
+    y = st.ss2d_scan_triton(x, *params)
+    y_ref = ss2d_ref(x, *params)
+    go = torch.randn_like(y_ref)
+    got_grads = torch.autograd.grad(y, [x, *params], go)
+    assert st._LAST_BWD_KERNEL[0] == "bwd_seq_kernel"
+    for name, got, want in zip(NAMES, got_grads, torch.autograd.grad(y_ref, [x, *params], go)):
+        assert rel_err(got, want) < 1e-4, f"gradient of {name}: relative error {rel_err(got, want):.2e}"
+
+
 def test_sequential_forward_matches_chunked():
     """fwd_seq=1 (one time step per iteration) gives the chunked forward's outputs and gradients (the backward
     starts from the states it saved)."""
@@ -657,9 +711,14 @@ def test_kernels_compile_for_hopper_without_a_gpu():
             fwd_loops.append(ln.strip())
         time_loop = r"loop 0x[0-9a-f]+-0x[0-9a-f]+: \d+ instructions; MUFU 16,.*"
         assert any(re.fullmatch(time_loop, ln) for ln in fwd_loops), fwd_loops
-    # 4 scan kernels, 2 softplus kernels, the dt backward at 2 ranks for fp32 and bf16 models, 2 layer-norm kernels
-    # at 2 widths (the wider as SS2D's fused out_norm + gate)
-    assert len(lines) == 14, out.stdout
+    # 4 scan kernels (5 with the Gluon backward where this Triton has Gluon), 2 softplus kernels, the dt backward at 2
+    # ranks for fp32 and bf16 models, 2 layer-norm kernels at 2 widths (the wider as SS2D's fused out_norm + gate)
+    try:  # the Gluon backward is compiled where this Triton has Gluon (the interpreter here does not run it)
+        import vmunet_monai.ops.ss2d_gluon_seq_kernels  # noqa: F401
+        with_gluon = 1
+    except (ImportError, AttributeError):
+        with_gluon = 0
+    assert len(lines) == 14 + with_gluon, out.stdout
     for line in lines:  # no register spills (a spilling kernel is slow; the dt tiles were chosen to avoid them)
         if line.strip().startswith("bwd_kernel (tile"):
             continue  # the non-default tile backward: 255 registers, spills a few bytes with Triton 3.6 (H200 machine)

@@ -118,6 +118,10 @@ class ScanConfig:
             (``dt_proj_triton_kernels``: reads the scan's ddelta once, writes ddts and partial sums of d dt_w /
             d dt_bias); 0 = the softplus-gradient kernel and batched GEMMs, for which cuBLAS picks slow kernels
             (R = 6..48 wide rows; 7 ms per bf16 and ~28 ms per fp32 VM-UNet training step on the H200). Same maths.
+        bwd_gluon: with ``bwd_seq``, 1 = run the sequential backward written in Gluon (``ss2d_gluon_seq_kernels``:
+            explicit 4 x 4 register tiles, loads straight into registers, no shared memory) where it applies (a Triton
+            with Gluon, ``pre_softplus``, 16 states, 32 channels and one warp per program); the Triton kernel
+            otherwise. Same maths.
     """
 
     # Defaults from the H200 sweeps (scripts/gpu_triton_check.py, bf16, 256x256 stage shapes, batch 32;
@@ -150,6 +154,7 @@ class ScanConfig:
     fwd_seq_warps: int = 2
     fused_dt: int = 1
     bwd_maxnreg: int = -1
+    bwd_gluon: int = 0
 
     def validate(self) -> "ScanConfig":
         for f in ("fwd_block_l", "fwd_block_d", "bwd_block_l", "bwd_block_d", "fwd_seq_block_d"):
@@ -324,9 +329,27 @@ def _kernels():
     from . import ss2d_triton_seq_kernels as seq
 
     return {"fwd": kern.fwd_kernel, "bwd": kern.bwd_kernel,
-            "fwd_seq": seq.fwd_seq_kernel, "bwd_seq": seq.bwd_seq_kernel,
+            "fwd_seq": seq.fwd_seq_kernel, "bwd_seq": seq.bwd_seq_kernel, "bwd_seq_gluon": _gluon_backward_kernel(),
             "softplus": kern.softplus_delta_kernel, "softplus_grad": kern.softplus_grad_kernel,
             "dt_bwd": dt.dt_softplus_bwd_kernel}
+
+
+def _gluon_backward_kernel():
+    """The Gluon sequential backward, or None where it cannot run: Triton without Gluon, or the interpreter (which
+    does not run Gluon)."""
+    if _interpreting():
+        return None
+    try:
+        from . import ss2d_gluon_seq_kernels as gseq
+    except (ImportError, AttributeError):  # a Triton without (this version of) triton.experimental.gluon
+        return None
+    return gseq.bwd_seq_gluon_kernel
+
+
+def _use_gluon_backward(cfg: ScanConfig, softplus: bool, has_bias: bool, cross: bool, n_pad: int) -> bool:
+    """Whether the backward runs ``bwd_seq_gluon_kernel``: asked for, importable, and the path it covers."""
+    return bool(cfg.bwd_seq and cfg.bwd_gluon and cross and not softplus and not has_bias and n_pad == 16
+                and cfg.bwd_block_d == 32 and cfg.bwd_warps == 1 and _kernels()["bwd_seq_gluon"] is not None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -336,6 +359,8 @@ def _kernels():
 
 # the compiled kernels of the latest launches (register / spill counts for benchmarks)
 _LAST_LAUNCH: dict = {}
+# the name of the latest backward kernel (which of the sequential backwards ran)
+_LAST_BWD_KERNEL: "list[str]" = [""]
 
 
 def kernel_info() -> dict:
@@ -403,10 +428,14 @@ def _scan_backward(u4, dl4, b4, c4, A, Dskip, bias, dy4, states, du4, H, W, cros
     ``grad_dtype`` (default: the inputs' dtype) is the dtype of ddelta and of the dB/dC partials: the 16-bit
     activation dtype when the kernels read fp32 copies of 16-bit activations (``upcast_16bit``).
     """
-    bwd_kernel = _kernels()["bwd_seq" if cfg.bwd_seq else "bwd"]
     Bsz, K, L, DM = dl4.shape
     N = A.shape[1]
     NP = _next_pow2(N)
+    if _use_gluon_backward(cfg, softplus, bias is not None, cross, NP):
+        bwd_kernel = _kernels()["bwd_seq_gluon"]
+    else:
+        bwd_kernel = _kernels()["bwd_seq" if cfg.bwd_seq else "bwd"]
+    _LAST_BWD_KERNEL[0] = bwd_kernel.fn.__name__
     if fwd_cfg.seg_len % cfg.bwd_block_l:
         raise ValueError(f"bwd_block_l={cfg.bwd_block_l} does not divide the saved seg_len={fwd_cfg.seg_len}")
     cps = fwd_cfg.seg_len // cfg.bwd_block_l
