@@ -430,6 +430,7 @@ def test_gluon_backward_only_where_it_applies(monkeypatch):
     assert not st._use_gluon_backward(cfg, False, False, True, 8)  # d_state 8
     assert not st._use_gluon_backward(replace(cfg, bwd_block_d=16), False, False, True, 16)
     assert not st._use_gluon_backward(replace(cfg, bwd_seq=0), False, False, True, 16)
+    assert not st._use_gluon_backward(replace(cfg, seq_stages=1), False, False, True, 16)  # no ring to fill ahead
     monkeypatch.setitem(st._kernels(), "bwd_seq_gluon", None)  # Triton without Gluon
     assert not st._use_gluon_backward(cfg, False, False, True, 16)
     monkeypatch.undo()
@@ -448,6 +449,41 @@ def test_gluon_backward_only_where_it_applies(monkeypatch):
     assert st._LAST_BWD_KERNEL[0] == "bwd_seq_kernel"
     for name, got, want in zip(NAMES, got_grads, torch.autograd.grad(y_ref, [x, *params], go)):
         assert rel_err(got, want) < 1e-4, f"gradient of {name}: relative error {rel_err(got, want):.2e}"
+
+
+def test_gluon_backward_that_does_not_compile_falls_back(monkeypatch, caplog):
+    """A Triton whose Gluon does not compile the kernel (its API moves between releases): the backward runs the Triton
+    kernel instead, with the reference gradients, says so once in the log, and does not try Gluon again."""
+    calls = []
+
+    class NotCompiling:  # stands in for a Gluon kernel whose compilation fails at its first launch
+        fn = type("fn", (), {"__name__": "bwd_seq_gluon_kernel"})
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                calls.append(grid)
+                raise AttributeError("module 'triton.experimental.gluon.language' has no attribute 'some_op'")
+            return launch
+
+    monkeypatch.setitem(st._kernels(), "bwd_seq_gluon", NotCompiling())
+    monkeypatch.setattr(st, "_GLUON_FAILED", [""])  # this test's failure stays in this test
+    torch.manual_seed(5)
+    b, h, w, d, n, r = (1, 3, 5, 6, 16, 2) if not CUDA else (2, 9, 13, 70, 16, 6)
+    st.set_config(st.ScanConfig(bwd_gluon=1) if CUDA else st.ScanConfig(
+        fwd_block_l=4, fwd_block_d=4, fwd_warps=1, bwd_block_l=4, bwd_block_d=32, bwd_warps=1, seg_len=8, bwd_gluon=1))
+    params = make_params(d, n, r)
+    x = torch.randn(b, h, w, d, device=DEVICE, requires_grad=True)
+    y_ref = ss2d_ref(x, *params)
+    go = torch.randn_like(y_ref)
+    want = torch.autograd.grad(y_ref, [x, *params], go)
+    with caplog.at_level("WARNING", logger="vmunet_monai.ops.ss2d_triton"):
+        for _ in range(2):
+            got = torch.autograd.grad(st.ss2d_scan_triton(x, *params), [x, *params], go)
+            assert st._LAST_BWD_KERNEL[0] == "bwd_seq_kernel"
+            for name, g, w_ in zip(NAMES, got, want):
+                assert rel_err(g, w_) < 1e-4, f"gradient of {name}: relative error {rel_err(g, w_):.2e}"
+    assert len(calls) == 1 and "some_op" in st._GLUON_FAILED[0]
+    assert sum("Gluon scan backward does not compile" in rec.getMessage() for rec in caplog.records) == 1
 
 
 def test_sequential_forward_matches_chunked():

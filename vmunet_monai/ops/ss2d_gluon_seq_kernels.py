@@ -1,33 +1,39 @@
 """Sequential backward of the fused SS2D scan written in Gluon (Triton's layout-explicit dialect; needs a Triton
-with ``triton.experimental.gluon``: 3.6 on the H200 machine, 3.9 here). Opt-in: ``ScanConfig.bwd_gluon = 1``.
+with ``triton.experimental.gluon``: 3.6 on the H200 machine, 3.9 here). The default backward where it applies
+(``ScanConfig.bwd_gluon``); ``ss2d_triton`` falls back to the Triton kernel where Gluon is missing, in the interpreter,
+and where this kernel does not compile (Gluon's API moves between Triton releases; the two names that moved between
+3.6 and 3.9 are looked up below).
 
 Same arguments, maths and results as ``bwd_seq_kernel`` (``ss2d_triton_seq_kernels``) for its default path: delta
 already softplus'd (``pre_softplus``), no bias in the kernel, the four cross-scan directions, 16 states, 32 channels
-per one-warp program. Written to test whether the Triton kernel's shared-memory traffic limits it: Triton derives the
-register layout of the (states, channels) state from the h_{t-1} history's memory order and gives each thread 4
-states of 4 channels 8 apart, so that every row of delta / u / dy costs 4 scalar shared-memory reads after its
-asynchronous copy, and every stored vector (du, ddelta, dB, dC) a round trip through shared memory and a barrier.
-Here the layout is stated: each thread holds a 4 x 4 tile, 4 consecutive states of 4 consecutive channels (4 lanes
-along the states, 8 along the channels), so
+per one-warp program. The difference is the register layout, which Triton derives from the h_{t-1} history's memory
+order: it gives each thread 4 states of 4 channels 8 apart, so that every row of delta / u / dy costs 4 scalar
+shared-memory reads after its asynchronous copy, and every stored vector (du, ddelta, dB, dC) a round trip through
+shared memory and a barrier. Here the layout is stated: each thread holds a 4 x 4 tile, 4 consecutive states of 4
+consecutive channels (4 lanes along the states, 8 along the channels), so
 
-* a row of channels (delta, u, dy) and a row of states (B, C) are one 16-byte load per thread, straight from global
-  memory into registers (no shared memory); they are issued ahead (registers carried through the loop: rows two
-  steps, the history one step) to hide their latency;
-* du / ddelta / dB / dC are stored from the layout the sums leave them in (no conversion);
-* the h_{t-1} history is 4 16-byte stores / loads per thread per step, each thread reading back what it wrote
-  (no barrier).
+* a row of channels (delta, u, dy) or of states (B, C) is one 16-byte asynchronous copy and one 16-byte shared-memory
+  read per thread, through rings of ``STAGES`` slots filled ``STAGES - 1`` steps ahead (as Triton's pipelined loops);
+* the h_{t-1} history (global scratch, each thread writing and reading back its own tile) comes back through the
+  same ring: 4 16-byte copies and reads per thread and step;
+* du / ddelta / dB / dC are stored from the layout the sums leave them in (no conversion), one barrier per step.
 
-Per time step at 64 x 64 (sm_90 SASS, ``python scripts/triton_kernel_info.py --loops``) that is 7 + 53 memory /
-shuffle instructions against the Triton kernel's 21 + 88, for about as many instructions in all. Measured on the
-H200 (docs/benchmarks.md, eleventh session) it is nevertheless slower: 6.5 against 4.9 ms per stage-1 backward (batch
-32, bf16), 40.5 against 31.1 ms for the network's 15 cores. Loads two steps ahead through registers hide less
-latency than the Triton kernel's 4-deep asynchronous-copy pipeline, and deeper register prefetching does not fit in
-the 255 registers. The next step is this layout with asynchronous copies into shared memory (``gl.nvidia`` async
-copy) read back as 16-byte vectors; until it is faster the Triton kernel stays the default.
+Per time step at 64 x 64 (sm_90 SASS, ``python scripts/triton_kernel_info.py --loops``) that is about as many
+instructions as the Triton kernel (134 + 390-400 against 143 + 410) but 12 + 64 memory / shuffle / barrier instructions
+against 21 + 88. Measured on the H200 (docs/benchmarks.md, eleventh session; bf16, batch 32): 29.3 instead of 31.3 ms
+for the backward kernels of the network's 15 cores, faster at each of the four stage shapes (4.68 / 2.27 / 1.09 / 0.46
+against 4.98 / 2.42 / 1.15 / 0.51 ms). A first version that loaded the rows straight into registers, two steps ahead,
+was 30% slower than the Triton kernel (the loads' latency showed): the asynchronous rings are what make this one win.
 """
 
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy as cp
+
+# global -> shared asynchronous copy (cp.async): ``async_copy_global_to_shared`` up to Triton 3.6, ``async_load`` since
+_async_copy = getattr(cp, "async_load", None) or cp.async_copy_global_to_shared
+# a barrier of the program's threads: ``thread_barrier`` up to Triton 3.6, ``barrier`` since
+_barrier = getattr(gl, "thread_barrier", None) or gl.barrier
 
 LOG2E = gl.constexpr(1.4426950408889634)  # exp(x A) = exp2(x A log2 e)
 
@@ -42,27 +48,59 @@ def _pos(t, k, L, H: gl.constexpr, W: gl.constexpr):
 
 
 @gluon.jit
-def _fwd_rows(u_base, dl_base, b_base, t, k, L, H: gl.constexpr, W: gl.constexpr, offs_d, mask_d, offs_n, mask_n,
-              su_l, su_d, sdl_l, sdl_d, sb_l, sb_n):
-    # delta, u (channel rows) and B (state row) of time step t, fp32
+def _issue_fwd_rows(dl_s, u_s, b_s, slot, u_base, dl_base, b_base, t, k, L, H: gl.constexpr, W: gl.constexpr,
+                    offs_d, mask_d, offs_n, mask_n, su_l, su_d, sdl_l, sdl_d, sb_l, sb_n):
+    # asynchronous copies of step t's delta, u (channel rows) and B (state row) into ring slot ``slot``: one group
     p = _pos(t, k, L, H, W)
-    dlt = gl.load(dl_base + p * sdl_l + offs_d * sdl_d, mask=mask_d, other=0.0).to(gl.float32)
-    u = gl.load(u_base + p * su_l + offs_d * su_d, mask=mask_d, other=0.0).to(gl.float32)
-    bm = gl.load(b_base + p * sb_l + offs_n * sb_n, mask=mask_n, other=0.0).to(gl.float32)
-    return dlt, u, bm
+    _async_copy(dl_s.index(slot), dl_base + p * sdl_l + offs_d * sdl_d, mask=mask_d)
+    _async_copy(u_s.index(slot), u_base + p * su_l + offs_d * su_d, mask=mask_d)
+    _async_copy(b_s.index(slot), b_base + p * sb_l + offs_n * sb_n, mask=mask_n)
+    cp.commit_group()
 
 
 @gluon.jit
-def _rev_rows(u_base, dl_base, b_base, c_base, dy_base, t, k, L, H: gl.constexpr, W: gl.constexpr,
-              offs_d, mask_d, offs_n, mask_n, su_l, su_d, sdl_l, sdl_d, sb_l, sb_n, sc_l, sc_n, sdy_l, sdy_d):
-    # the rows the reverse pass reads for step t: pixel, delta, u, dy, B and C
+def _issue_rev_rows(dl_s, u_s, b_s, dy_s, c_s, h_s, slot, u_base, dl_base, b_base, c_base, dy_base, hist, t, lo, k, L,
+                    H: gl.constexpr, W: gl.constexpr, offs_d, mask_d, offs_n, mask_n, hist_offs, STATE: gl.constexpr,
+                    su_l, su_d, sdl_l, sdl_d, sb_l, sb_n, sc_l, sc_n, sdy_l, sdy_d):
+    # asynchronous copies of what the reverse pass reads for step t (delta, u, dy, B, C and h_{t-1}): one group. The
+    # h_{t-1} copy has the state's own layout: each thread copies the elements it stored (and will read)
     p = _pos(t, k, L, H, W)
-    dlt = gl.load(dl_base + p * sdl_l + offs_d * sdl_d, mask=mask_d, other=0.0).to(gl.float32)
-    u = gl.load(u_base + p * su_l + offs_d * su_d, mask=mask_d, other=0.0).to(gl.float32)
-    dy = gl.load(dy_base + p * sdy_l + offs_d * sdy_d, mask=mask_d, other=0.0).to(gl.float32)
-    bm = gl.load(b_base + p * sb_l + offs_n * sb_n, mask=mask_n, other=0.0).to(gl.float32)
-    cm = gl.load(c_base + p * sc_l + offs_n * sc_n, mask=mask_n, other=0.0).to(gl.float32)
-    return p, dlt, u, dy, bm, cm
+    _async_copy(dl_s.index(slot), dl_base + p * sdl_l + offs_d * sdl_d, mask=mask_d)
+    _async_copy(u_s.index(slot), u_base + p * su_l + offs_d * su_d, mask=mask_d)
+    _async_copy(dy_s.index(slot), dy_base + p * sdy_l + offs_d * sdy_d, mask=mask_d)
+    _async_copy(b_s.index(slot), b_base + p * sb_l + offs_n * sb_n, mask=mask_n)
+    _async_copy(c_s.index(slot), c_base + p * sc_l + offs_n * sc_n, mask=mask_n)
+    _async_copy(h_s.index(slot), hist + (t - lo) * STATE + hist_offs)
+    cp.commit_group()
+
+
+@gluon.jit
+def _forward_pass(h, a2, t0, t1, dl_s, u_s, b_s, u_base, dl_base, b_base, k, L, H: gl.constexpr, W: gl.constexpr,
+                  offs_d, mask_d, offs_n, mask_n, su_l, su_d, sdl_l, sdl_d, sb_l, sb_n, out, hist_offs,
+                  EVERY: gl.constexpr, STATE: gl.constexpr, STAGES: gl.constexpr, CH: gl.constexpr,
+                  ST: gl.constexpr):
+    """The state from h over steps [t0, t1) (t1 > t0), storing it before every ``EVERY``-th step at ``out`` (slot
+    (t - t0) / EVERY). Rows come through a ``STAGES``-slot ring of asynchronous copies, ``STAGES - 1`` steps ahead."""
+    for q in gl.static_range(STAGES - 1):
+        _issue_fwd_rows(dl_s, u_s, b_s, q, u_base, dl_base, b_base, gl.minimum(t0 + q, t1 - 1), k, L, H, W,
+                        offs_d, mask_d, offs_n, mask_n, su_l, su_d, sdl_l, sdl_d, sb_l, sb_n)
+    for t in range(t0, t1):
+        i = t - t0
+        cp.wait_group(STAGES - 2)  # step t's copies are done (later steps' may still be in flight)
+        _barrier()  # ... for every lane; and every lane is done reading the slot refilled next
+        _issue_fwd_rows(dl_s, u_s, b_s, (i + STAGES - 1) % STAGES, u_base, dl_base, b_base,
+                        gl.minimum(t + STAGES - 1, t1 - 1), k, L, H, W, offs_d, mask_d, offs_n, mask_n,
+                        su_l, su_d, sdl_l, sdl_d, sb_l, sb_n)
+        slot = i % STAGES
+        dlt = dl_s.index(slot).load(CH).to(gl.float32)
+        u = u_s.index(slot).load(CH).to(gl.float32)
+        bm = b_s.index(slot).load(ST).to(gl.float32)
+        if i % EVERY == 0:
+            gl.store(out + (i // EVERY) * STATE + hist_offs, h)
+        h = gl.exp2(a2 * gl.expand_dims(dlt, 0)) * h + gl.expand_dims(bm, 1) * gl.expand_dims(dlt * u, 0)
+    cp.wait_group(0)
+    _barrier()  # the ring is free for the next pass
+    return h
 
 
 @gluon.jit
@@ -82,15 +120,16 @@ def bwd_seq_gluon_kernel(
     K: gl.constexpr, N: gl.constexpr, NP: gl.constexpr,
     BLOCK_L: gl.constexpr, BLOCK_D: gl.constexpr, CPS: gl.constexpr,
     CROSS: gl.constexpr, SOFTPLUS: gl.constexpr, HAS_D: gl.constexpr, HAS_BIAS: gl.constexpr,
-    STAGES: gl.constexpr = 1,
+    STAGES: gl.constexpr = 4,
 ):
     """Backward of one (batch, direction) and BLOCK_D channels; one warp. Segments of ``CPS * BLOCK_L`` steps from
     the end of time (a saved forward state at each start), sub-segments of ``BLOCK_L`` steps from the segment's end:
     a forward pass stores h_{t-1} of every step, a reverse pass reads them back with
-    g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1}. ``STAGES`` is accepted for the Triton kernel's signature (the loads
-    here are issued ahead through registers instead)."""
+    g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1}. ``STAGES`` (>= 2) slots per ring of asynchronous copies (the
+    Triton kernel's ``tl.range(num_stages=STAGES)``)."""
     gl.static_assert(CROSS and not SOFTPLUS and not HAS_BIAS, "the Gluon backward covers the pre-softplus cross scan")
     gl.static_assert(NP == 16 and BLOCK_D == 32, "the Gluon backward's layout is 16 states x 32 channels")
+    gl.static_assert(STAGES >= 2, "the rings need a slot being read and one being filled")
     # 4 x 4 tile per thread: 4 lanes along the states, 8 along the channels, channels fastest in registers
     S2: gl.constexpr = gl.BlockedLayout([4, 4], [4, 8], [1, 1], [1, 0])
     CH: gl.constexpr = gl.SliceLayout(0, S2)  # a vector over channels (delta, u, dy, du, ...)
@@ -135,6 +174,16 @@ def bwd_seq_gluon_kernel(
     hist = scr_base + CPS * STATE
     hist_offs = gl.expand_dims(offs_n, 1) * BLOCK_D + gl.expand_dims(gl.arange(0, BLOCK_D, layout=CH), 0)
 
+    # rings of STAGES slots for the asynchronous copies of the per-step rows and of the h_{t-1} history
+    R1: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
+    R2: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+    dl_s = gl.allocate_shared_memory(dl_ptr.dtype.element_ty, [STAGES, BLOCK_D], R1)
+    u_s = gl.allocate_shared_memory(u_ptr.dtype.element_ty, [STAGES, BLOCK_D], R1)
+    dy_s = gl.allocate_shared_memory(dy_ptr.dtype.element_ty, [STAGES, BLOCK_D], R1)
+    b_s = gl.allocate_shared_memory(b_ptr.dtype.element_ty, [STAGES, NP], R1)
+    c_s = gl.allocate_shared_memory(c_ptr.dtype.element_ty, [STAGES, NP], R1)
+    h_s = gl.allocate_shared_memory(gl.float32, [STAGES, NP, BLOCK_D], R2)
+
     w = gl.zeros([NP, BLOCK_D], gl.float32, layout=S2)
     da_acc = gl.zeros([NP, BLOCK_D], gl.float32, layout=S2)
     dd_acc = gl.zeros([BLOCK_D], gl.float32, layout=CH)
@@ -148,12 +197,10 @@ def bwd_seq_gluon_kernel(
         h = gl.load(st_base + s * DM * N + st_offs, mask=mask_nd, other=0.0)
         if CPS > 1:
             # the states at the sub-segment starts (the last sub-segment's steps are not needed, only its start)
-            for t in range(t_lo, t_lo + (n_sub - 1) * BLOCK_L):
-                if (t - t_lo) % BLOCK_L == 0:
-                    gl.store(scr_base + ((t - t_lo) // BLOCK_L) * STATE + hist_offs, h)
-                dlt, u, bm = _fwd_rows(u_base, dl_base, b_base, t, k, L, H, W, offs_d, mask_d, offs_n, mask_n,
-                                       su_l, su_d, sdl_l, sdl_d, sb_l, sb_n)
-                h = gl.exp2(a2 * gl.expand_dims(dlt, 0)) * h + gl.expand_dims(bm, 1) * gl.expand_dims(dlt * u, 0)
+            if n_sub > 1:
+                h = _forward_pass(h, a2, t_lo, t_lo + (n_sub - 1) * BLOCK_L, dl_s, u_s, b_s, u_base, dl_base, b_base,
+                                  k, L, H, W, offs_d, mask_d, offs_n, mask_n, su_l, su_d, sdl_l, sdl_d, sb_l, sb_n,
+                                  scr_base, hist_offs, BLOCK_L, STATE, STAGES, CH, ST)
             gl.store(scr_base + (n_sub - 1) * STATE + hist_offs, h)
         for ji in range(0, n_sub):
             j = n_sub - 1 - ji
@@ -161,51 +208,32 @@ def bwd_seq_gluon_kernel(
             hi = gl.minimum(lo + BLOCK_L, t_hi)
             if CPS > 1:
                 h = gl.load(scr_base + j * STATE + hist_offs)
-            # forward over the sub-segment, keeping h_{t-1}; rows are loaded two steps ahead (registers carried
-            # through the loop: the latency of a global load is about two steps)
-            dlt_1, u_1, bm_1 = _fwd_rows(u_base, dl_base, b_base, lo, k, L, H, W, offs_d, mask_d, offs_n, mask_n,
-                                         su_l, su_d, sdl_l, sdl_d, sb_l, sb_n)
-            dlt_2, u_2, bm_2 = _fwd_rows(u_base, dl_base, b_base, gl.minimum(lo + 1, hi - 1), k, L, H, W, offs_d,
-                                         mask_d, offs_n, mask_n, su_l, su_d, sdl_l, sdl_d, sb_l, sb_n)
-            for t in range(lo, hi):
-                dlt = dlt_1
-                u = u_1
-                bm = bm_1
-                dlt_1 = dlt_2
-                u_1 = u_2
-                bm_1 = bm_2
-                dlt_2, u_2, bm_2 = _fwd_rows(u_base, dl_base, b_base, gl.minimum(t + 2, hi - 1), k, L, H, W, offs_d,
-                                             mask_d, offs_n, mask_n, su_l, su_d, sdl_l, sdl_d, sb_l, sb_n)
-                gl.store(hist + (t - lo) * STATE + hist_offs, h)
-                h = gl.exp2(a2 * gl.expand_dims(dlt, 0)) * h + gl.expand_dims(bm, 1) * gl.expand_dims(dlt * u, 0)
-            # reverse over the sub-segment; h_t (for dC_t) is the h_{t-1} read at the step after. Rows two steps
-            # ahead, the h_{t-1} history (an L2 hit) one step ahead
+            # forward over the sub-segment, keeping h_{t-1} of every step
+            h = _forward_pass(h, a2, lo, hi, dl_s, u_s, b_s, u_base, dl_base, b_base, k, L, H, W, offs_d, mask_d,
+                              offs_n, mask_n, su_l, su_d, sdl_l, sdl_d, sb_l, sb_n, hist, hist_offs, 1, STATE, STAGES,
+                              CH, ST)
+            # reverse over the sub-segment; h_t (for dC_t) is the h_{t-1} read at the step after
             h_t = h
-            p_1, dlt_1, u_1, dy_1, bm_1, cm_1 = _rev_rows(
-                u_base, dl_base, b_base, c_base, dy_base, hi - 1, k, L, H, W, offs_d, mask_d, offs_n, mask_n,
-                su_l, su_d, sdl_l, sdl_d, sb_l, sb_n, sc_l, sc_n, sdy_l, sdy_d)
-            p_2, dlt_2, u_2, dy_2, bm_2, cm_2 = _rev_rows(
-                u_base, dl_base, b_base, c_base, dy_base, gl.maximum(hi - 2, lo), k, L, H, W, offs_d, mask_d, offs_n,
-                mask_n, su_l, su_d, sdl_l, sdl_d, sb_l, sb_n, sc_l, sc_n, sdy_l, sdy_d)
-            hp_1 = gl.load(hist + (hi - 1 - lo) * STATE + hist_offs)
+            for q in gl.static_range(STAGES - 1):
+                _issue_rev_rows(dl_s, u_s, b_s, dy_s, c_s, h_s, q, u_base, dl_base, b_base, c_base, dy_base, hist,
+                                gl.maximum(hi - 1 - q, lo), lo, k, L, H, W, offs_d, mask_d, offs_n, mask_n, hist_offs,
+                                STATE, su_l, su_d, sdl_l, sdl_d, sb_l, sb_n, sc_l, sc_n, sdy_l, sdy_d)
             for ti in range(0, hi - lo):
-                p = p_1
-                dlt = dlt_1
-                u = u_1
-                dyf = dy_1
-                bm = bm_1
-                cm = cm_1
-                h_prev = hp_1
-                p_1 = p_2
-                dlt_1 = dlt_2
-                u_1 = u_2
-                dy_1 = dy_2
-                bm_1 = bm_2
-                cm_1 = cm_2
-                p_2, dlt_2, u_2, dy_2, bm_2, cm_2 = _rev_rows(
-                    u_base, dl_base, b_base, c_base, dy_base, gl.maximum(hi - 3 - ti, lo), k, L, H, W, offs_d,
-                    mask_d, offs_n, mask_n, su_l, su_d, sdl_l, sdl_d, sb_l, sb_n, sc_l, sc_n, sdy_l, sdy_d)
-                hp_1 = gl.load(hist + gl.maximum(hi - 2 - ti - lo, 0) * STATE + hist_offs)
+                t = hi - 1 - ti
+                cp.wait_group(STAGES - 2)
+                _barrier()
+                _issue_rev_rows(dl_s, u_s, b_s, dy_s, c_s, h_s, (ti + STAGES - 1) % STAGES, u_base, dl_base, b_base,
+                                c_base, dy_base, hist, gl.maximum(t - (STAGES - 1), lo), lo, k, L, H, W, offs_d, mask_d,
+                                offs_n, mask_n, hist_offs, STATE, su_l, su_d, sdl_l, sdl_d, sb_l, sb_n, sc_l, sc_n,
+                                sdy_l, sdy_d)
+                slot = ti % STAGES
+                p = _pos(t, k, L, H, W)
+                dlt = dl_s.index(slot).load(CH).to(gl.float32)
+                u = u_s.index(slot).load(CH).to(gl.float32)
+                dyf = dy_s.index(slot).load(CH).to(gl.float32)
+                bm = b_s.index(slot).load(ST).to(gl.float32)
+                cm = c_s.index(slot).load(ST).to(gl.float32)
+                h_prev = h_s.index(slot).load(S2)
                 dy2 = gl.expand_dims(dyf, 0)
                 gl.store(dc_base + p * sdc_l + offs_n * sdc_n,
                          gl.sum(h_t * dy2, axis=1).to(dc_ptr.dtype.element_ty), mask=mask_n)
@@ -223,5 +251,7 @@ def bwd_seq_gluon_kernel(
                          mask=mask_d)
                 gl.store(ddl_base + p * sddl_l + offs_d * sddl_d, d_dlt.to(ddl_ptr.dtype.element_ty), mask=mask_d)
                 dd_acc += dyf * u
+            cp.wait_group(0)
+            _barrier()
     gl.store(da_ptr + b * (K * DM * N) + gl.expand_dims(ch, 0) * N + gl.expand_dims(offs_n, 1), da_acc, mask=mask_nd)
     gl.store(dd_ptr + b * (K * DM) + ch, dd_acc, mask=mask_d)
