@@ -20,7 +20,7 @@ consecutive channels (4 lanes along the states, 8 along the channels), so
 
 Per time step at 64 x 64 (sm_90 SASS, ``python scripts/triton_kernel_info.py --loops``) that is about as many
 instructions as the Triton kernel (134 + 390-400 against 143 + 410) but 12 + 64 memory / shuffle / barrier instructions
-against 21 + 88. Measured on the H200 (docs/benchmarks.md, eleventh session; bf16, batch 32): 29.3 instead of 31.3 ms
+against 18 + 85. Measured on the H200 (docs/benchmarks.md, eleventh session; bf16, batch 32): 29.3 instead of 31.3 ms
 for the backward kernels of the network's 15 cores, faster at each of the four stage shapes (4.68 / 2.27 / 1.09 / 0.46
 against 4.98 / 2.42 / 1.15 / 0.51 ms). A first version that loaded the rows straight into registers, two steps ahead,
 was 30% slower than the Triton kernel (the loads' latency showed): the asynchronous rings are what make this one win.

@@ -147,8 +147,9 @@ def bwd_seq_kernel(
 
     Per segment a forward pass stores the state at every sub-segment start (``BLOCK_L`` steps); per
     sub-segment, from the last one, a forward pass stores h_{t-1} of each step, then a reverse pass reads them back
-    (and writes dC_t from h_t, the state read back one step before): g_t = C_t dy_t + w with w = exp(delta_{t+1} A) g_{t+1} carried
-    from the step after. The scratch is program-private: (CPS + BLOCK_L) states of (N, BLOCK_D).
+    (and writes dC_t from h_t, the state read back one step before): g_t = C_t dy_t + w with
+    w = exp(delta_{t+1} A) g_{t+1} carried from the step after. The scratch is program-private: (CPS + BLOCK_L)
+    states of (N, BLOCK_D).
     """
     pid_bk, pid_d, b, k, offs_d, mask_d, offs_n, mask_n, mask_nd, ch, a_t, dskip, bias = _program_setup(
         a_ptr, dskip_ptr, bias_ptr, DM, K, N, NP, BLOCK_D, HAS_D, HAS_BIAS)
