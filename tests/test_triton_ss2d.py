@@ -396,6 +396,18 @@ def test_sequential_backward_matches_reference(seg_len, bwd_block_l, maxnreg):
         assert rel_err(got, want) < 1e-4, f"gradient of {name}: relative error {rel_err(got, want):.2e}"
 
 
+def assert_gradients_match_reference(x, params, backward_kernel: str) -> None:
+    """The fused core's gradients (for a random output gradient) against the reference's, within 1e-4 relative, and
+    the name of the backward kernel that ran."""
+    y = st.ss2d_scan_triton(x, *params)
+    y_ref = ss2d_ref(x, *params)
+    go = torch.randn_like(y_ref)
+    got_grads = torch.autograd.grad(y, [x, *params], go)
+    assert st._LAST_BWD_KERNEL[0] == backward_kernel
+    for name, got, want in zip(NAMES, got_grads, torch.autograd.grad(y_ref, [x, *params], go)):
+        assert rel_err(got, want) < 1e-4, f"gradient of {name}: relative error {rel_err(got, want):.2e}"
+
+
 @pytest.mark.skipif(not CUDA, reason="Gluon kernels compile for a GPU only (no interpreter)")
 @pytest.mark.parametrize("seg_len,bwd_block_l,maxnreg", [(64, 64, 0), (32, 8, 0), (128, 16, 168)])
 def test_gluon_backward_matches_reference(seg_len, bwd_block_l, maxnreg):
@@ -408,19 +420,13 @@ def test_gluon_backward_matches_reference(seg_len, bwd_block_l, maxnreg):
         st.set_config(st.ScanConfig(bwd_block_l=bwd_block_l, seg_len=seg_len, bwd_maxnreg=maxnreg, bwd_gluon=1))
         params = make_params(d, 16, 6)
         x = torch.randn(b, h, w, d, device=DEVICE, requires_grad=True)
-        y = st.ss2d_scan_triton(x, *params)
-        y_ref = ss2d_ref(x, *params)
-        go = torch.randn_like(y_ref)
-        got_grads = torch.autograd.grad(y, [x, *params], go)
-        assert st._LAST_BWD_KERNEL[0] == "bwd_seq_gluon_kernel"
-        for name, got, want in zip(NAMES, got_grads, torch.autograd.grad(y_ref, [x, *params], go)):
-            assert rel_err(got, want) < 1e-4, f"gradient of {name}: relative error {rel_err(got, want):.2e}"
+        assert_gradients_match_reference(x, params, "bwd_seq_gluon_kernel")
 
 
 def test_gluon_backward_only_where_it_applies(monkeypatch):
     """bwd_gluon=1 picks the Gluon backward only for the path it covers (pre-softplus delta without a bias in the
     kernel, the cross scan, 16 states, 32-channel one-warp programs) and when it is importable; in the interpreter,
-    which does not run Gluon, the Triton kernel runs and gives the reference gradients."""
+    which does not run Gluon, it is not offered."""
     cfg = st.ScanConfig(bwd_gluon=1)
     monkeypatch.setitem(st._kernels(), "bwd_seq_gluon", object())  # as where Gluon imports
     assert st._use_gluon_backward(cfg, False, False, True, 16)
@@ -434,21 +440,8 @@ def test_gluon_backward_only_where_it_applies(monkeypatch):
     monkeypatch.setitem(st._kernels(), "bwd_seq_gluon", None)  # Triton without Gluon
     assert not st._use_gluon_backward(cfg, False, False, True, 16)
     monkeypatch.undo()
-    if CUDA:
-        return  # test_gluon_backward_matches_reference runs it
-    assert st._kernels()["bwd_seq_gluon"] is None  # the interpreter
-    torch.manual_seed(3)
-    st.set_config(st.ScanConfig(fwd_block_l=4, fwd_block_d=4, fwd_warps=1, bwd_block_l=4, bwd_block_d=4, bwd_warps=1,
-                                seg_len=8, bwd_gluon=1))
-    params = make_params(6, 4, 2)
-    x = torch.randn(1, 3, 5, 6, requires_grad=True)
-    y = st.ss2d_scan_triton(x, *params)
-    y_ref = ss2d_ref(x, *params)
-    go = torch.randn_like(y_ref)
-    got_grads = torch.autograd.grad(y, [x, *params], go)
-    assert st._LAST_BWD_KERNEL[0] == "bwd_seq_kernel"
-    for name, got, want in zip(NAMES, got_grads, torch.autograd.grad(y_ref, [x, *params], go)):
-        assert rel_err(got, want) < 1e-4, f"gradient of {name}: relative error {rel_err(got, want):.2e}"
+    if not CUDA:
+        assert st._kernels()["bwd_seq_gluon"] is None  # the interpreter does not run Gluon
 
 
 def test_gluon_backward_that_does_not_compile_falls_back(monkeypatch, caplog):
@@ -473,15 +466,9 @@ def test_gluon_backward_that_does_not_compile_falls_back(monkeypatch, caplog):
         fwd_block_l=4, fwd_block_d=4, fwd_warps=1, bwd_block_l=4, bwd_block_d=32, bwd_warps=1, seg_len=8, bwd_gluon=1))
     params = make_params(d, n, r)
     x = torch.randn(b, h, w, d, device=DEVICE, requires_grad=True)
-    y_ref = ss2d_ref(x, *params)
-    go = torch.randn_like(y_ref)
-    want = torch.autograd.grad(y_ref, [x, *params], go)
     with caplog.at_level("WARNING", logger="vmunet_monai.ops.ss2d_triton"):
         for _ in range(2):
-            got = torch.autograd.grad(st.ss2d_scan_triton(x, *params), [x, *params], go)
-            assert st._LAST_BWD_KERNEL[0] == "bwd_seq_kernel"
-            for name, g, w_ in zip(NAMES, got, want):
-                assert rel_err(g, w_) < 1e-4, f"gradient of {name}: relative error {rel_err(g, w_):.2e}"
+            assert_gradients_match_reference(x, params, "bwd_seq_kernel")
     assert len(calls) == 1 and "some_op" in st._GLUON_FAILED[0]
     assert sum("Gluon scan backward does not compile" in rec.getMessage() for rec in caplog.records) == 1
 
