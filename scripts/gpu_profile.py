@@ -30,6 +30,12 @@ variants (``VMUNET_TRITON_SCAN`` syntax, ``;`` between variants, ``default`` for
 memory of the call, and the total for the paper network's 15 cores (3 / 4 / 4 / 4 per stage)::
 
     python scripts/gpu_profile.py scan-configs --configs "default;seg_len=16;bwd_maxnreg=168" --dtype bf16
+
+With ``--kernel-times`` it reports the GPU's own time instead (``torch.profiler`` device time per call of the
+backward scan kernel, the forward scan kernel and all kernels of the call): the eager wall time of a call includes
+the host's launch cost, which at the small stage-4 calls moves by up to a third between runs::
+
+    python scripts/gpu_profile.py scan-configs --kernel-times --configs "default;bwd_gluon=0" --dtype bf16
 """
 
 from __future__ import annotations
@@ -150,6 +156,22 @@ def profile_network(args, amp) -> None:
     timed_phases([("inference forward", inference), ("training step", step)], args.kernels, args.top)
 
 
+def _kernel_ms(fn, warmup: int, repeats: int) -> "dict[str, float]":
+    """GPU time per call of ``fn`` by kernel name (``torch.profiler`` device time over ``repeats`` calls after
+    ``warmup`` unprofiled ones), in ms."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(repeats):
+            fn()
+        torch.cuda.synchronize()
+    return {e.key: e.device_time_total / 1e3 / repeats for e in prof.key_averages()
+            if e.device_type == torch.autograd.DeviceType.CUDA}
+
+
 def _median_ms(fn, warmup: int, repeats: int) -> float:
     """Median CUDA-event time of ``fn`` in ms over ``repeats`` calls after ``warmup`` untimed ones."""
     for _ in range(warmup):
@@ -236,9 +258,15 @@ def sweep_scan_configs(args, amp) -> None:
 
     before = st.get_config()
     variants = [v.strip() for v in args.configs.split(";") if v.strip()]
-    print(f"core training forward + backward, batch {args.batch}, {args.dtype}: ms per call (median of "
-          f"{args.repeats}), peak MiB above the inputs; total = 3 / 4 / 4 / 4 cores of stages 1-4")
+    if args.kernel_times:
+        print(f"core training forward + backward, batch {args.batch}, {args.dtype}: GPU ms per call (torch.profiler, "
+              f"mean of {args.repeats}) of the backward scan kernel, the forward scan kernel and all kernels; "
+              f"totals over 3 / 4 / 4 / 4 cores of stages 1-4")
+    else:
+        print(f"core training forward + backward, batch {args.batch}, {args.dtype}: ms per call (median of "
+              f"{args.repeats}), peak MiB above the inputs; total = 3 / 4 / 4 / 4 cores of stages 1-4")
     totals = [0.0] * len(variants)
+    bwd_totals = [0.0] * len(variants)
     try:
         for stage in sorted(STAGE_SHAPES):
             x, params = make_inputs(stage, args.batch, torch.device("cuda"))
@@ -253,6 +281,15 @@ def sweep_scan_configs(args, amp) -> None:
 
                 step()
                 torch.cuda.synchronize()
+                if args.kernel_times:
+                    ms = _kernel_ms(step, args.warmup, args.repeats)
+                    bwd = sum(t for name, t in ms.items() if name.startswith("bwd_seq"))
+                    fwd = sum(t for name, t in ms.items() if name.startswith("fwd_seq"))
+                    totals[i] += CORES_PER_STAGE[stage] * sum(ms.values())
+                    bwd_totals[i] += CORES_PER_STAGE[stage] * bwd
+                    cells.append(f"bwd {bwd:6.3f} fwd {fwd:6.3f} all {sum(ms.values()):6.3f} ms "
+                                 f"({st._LAST_BWD_KERNEL[0]})")
+                    continue
                 base = torch.cuda.memory_allocated()
                 torch.cuda.reset_peak_memory_stats()
                 ms = _median_ms(step, args.warmup, args.repeats)
@@ -263,8 +300,9 @@ def sweep_scan_configs(args, amp) -> None:
                                                                           zip(variants, cells)))
     finally:
         st.set_config(before)
-    for v, total in zip(variants, totals):
-        print(f"  total {total:8.2f} ms  {v}")
+    for v, total, bwd in zip(variants, totals, bwd_totals):
+        suffix = f"  (backward scan kernels {bwd:.2f} ms)" if args.kernel_times else ""
+        print(f"  total {total:8.2f} ms  {v}{suffix}")
 
 
 def main() -> None:
@@ -286,6 +324,8 @@ def main() -> None:
     parser.add_argument("--configs", default="default;seg_len=16;bwd_maxnreg=168",
                         help="scan-configs: ScanConfig variants, ';' between them")
     parser.add_argument("--repeats", type=int, default=15, help="fwd-tiles / dt-tiles / scan-configs: timed calls")
+    parser.add_argument("--kernel-times", action="store_true",
+                        help="scan-configs: GPU time per kernel (torch.profiler) instead of the call's wall time")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("gpu_profile.py needs a CUDA device")
