@@ -267,6 +267,7 @@ def sweep_scan_configs(args, amp) -> None:
               f"{args.repeats}), peak MiB above the inputs; total = 3 / 4 / 4 / 4 cores of stages 1-4")
     totals = [0.0] * len(variants)
     bwd_totals = [0.0] * len(variants)
+    fwd_totals = [0.0] * len(variants)
     try:
         for stage in sorted(STAGE_SHAPES):
             x, params = make_inputs(stage, args.batch, torch.device("cuda"))
@@ -287,8 +288,9 @@ def sweep_scan_configs(args, amp) -> None:
                     fwd = sum(t for name, t in ms.items() if name.startswith("fwd_seq"))
                     totals[i] += CORES_PER_STAGE[stage] * sum(ms.values())
                     bwd_totals[i] += CORES_PER_STAGE[stage] * bwd
+                    fwd_totals[i] += CORES_PER_STAGE[stage] * fwd
                     cells.append(f"bwd {bwd:6.3f} fwd {fwd:6.3f} all {sum(ms.values()):6.3f} ms "
-                                 f"({st._LAST_BWD_KERNEL[0]})")
+                                 f"({st._LAST_FWD_KERNEL[0]}, {st._LAST_BWD_KERNEL[0]})")
                     continue
                 base = torch.cuda.memory_allocated()
                 torch.cuda.reset_peak_memory_stats()
@@ -300,8 +302,8 @@ def sweep_scan_configs(args, amp) -> None:
                                                                           zip(variants, cells)))
     finally:
         st.set_config(before)
-    for v, total, bwd in zip(variants, totals, bwd_totals):
-        suffix = f"  (backward scan kernels {bwd:.2f} ms)" if args.kernel_times else ""
+    for v, total, bwd, fwd in zip(variants, totals, bwd_totals, fwd_totals):
+        suffix = f"  (scan kernels: backward {bwd:.2f} ms, forward {fwd:.2f} ms)" if args.kernel_times else ""
         print(f"  total {total:8.2f} ms  {v}{suffix}")
 
 

@@ -473,6 +473,82 @@ def test_gluon_backward_that_does_not_compile_falls_back(monkeypatch, caplog):
     assert sum("Gluon scan backward does not compile" in rec.getMessage() for rec in caplog.records) == 1
 
 
+@pytest.mark.skipif(not CUDA, reason="Gluon kernels compile for a GPU only (no interpreter)")
+@pytest.mark.parametrize("block_d", [32, 64])
+def test_gluon_forward_matches_reference(block_d):
+    """fwd_gluon=1 (the Gluon sequential forward, one warp per 32 channels) against the reference: outputs with and
+    without gradients (states saved or not), and the gradients of the backward that starts from its saved states;
+    batch 1 and 2, odd H x W (117 = 3 x 32 + 21 steps: a partial last segment), masked channel blocks (70 channels)."""
+    if st._kernels()["fwd_seq_gluon"] is None:
+        pytest.skip("this Triton has no triton.experimental.gluon")
+    for b, h, w, d in ((1, 9, 13, 70), (2, 19, 23, 96)):
+        torch.manual_seed(13)
+        st.set_config(st.ScanConfig(fwd_seq=1, fwd_seq_block_d=block_d, fwd_seq_warps=block_d // 32, fwd_block_l=16,
+                                    seg_len=32, bwd_block_l=16, fwd_gluon=1))
+        params = make_params(d, 16, 6)
+        x = torch.randn(b, h, w, d, device=DEVICE, requires_grad=True)
+        with torch.no_grad():
+            y_inf = st.ss2d_scan_triton(x, *params)
+        assert st._LAST_FWD_KERNEL[0] == "fwd_seq_gluon_kernel"
+        y_ref = ss2d_ref(x, *params)
+        assert rel_err(y_inf, y_ref) < 1e-4
+        assert_gradients_match_reference(x, params, "bwd_seq_gluon_kernel")
+        assert st._LAST_FWD_KERNEL[0] == "fwd_seq_gluon_kernel"
+
+
+def test_gluon_forward_only_where_it_applies(monkeypatch):
+    """fwd_gluon=1 picks the Gluon forward only where the sequential forward runs, for the path it covers (pre-softplus
+    delta without a bias in the kernel, the cross scan, 16 states, one warp per 32 channels) and when importable."""
+    cfg = st.ScanConfig(fwd_gluon=1)
+    monkeypatch.setitem(st._kernels(), "fwd_seq_gluon", object())  # as where Gluon imports
+    assert st._use_gluon_forward(cfg, True, False, False, True, 16)
+    assert st._use_gluon_forward(replace(cfg, fwd_seq_block_d=32, fwd_seq_warps=1), True, False, False, True, 16)
+    assert not st._use_gluon_forward(cfg, False, False, False, True, 16)  # the chunked forward was chosen
+    assert not st._use_gluon_forward(replace(cfg, fwd_gluon=0), True, False, False, True, 16)
+    assert not st._use_gluon_forward(cfg, True, True, True, True, 16)  # softplus + bias in the kernel
+    assert not st._use_gluon_forward(cfg, True, False, False, False, 16)  # the plain selective scan
+    assert not st._use_gluon_forward(cfg, True, False, False, True, 8)  # d_state 8
+    assert not st._use_gluon_forward(replace(cfg, fwd_seq_warps=1), True, False, False, True, 16)  # 64 ch, 1 warp
+    assert not st._use_gluon_forward(replace(cfg, fwd_seq_block_d=16, fwd_seq_warps=1), True, False, False, True, 16)
+    assert not st._use_gluon_forward(replace(cfg, seq_stages=1), True, False, False, True, 16)
+    monkeypatch.setitem(st._kernels(), "fwd_seq_gluon", None)  # Triton without Gluon
+    assert not st._use_gluon_forward(cfg, True, False, False, True, 16)
+    monkeypatch.undo()
+    if not CUDA:
+        assert st._kernels()["fwd_seq_gluon"] is None  # the interpreter does not run Gluon
+
+
+def test_gluon_forward_that_does_not_compile_falls_back(monkeypatch, caplog):
+    """A Triton whose Gluon does not compile the forward: the Triton sequential forward runs instead (reference
+    outputs), the log says so once, and Gluon is not tried again."""
+    calls = []
+
+    class NotCompiling:
+        fn = type("fn", (), {"__name__": "fwd_seq_gluon_kernel"})
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                calls.append(grid)
+                raise AttributeError("module 'triton.experimental.gluon.language' has no attribute 'some_op'")
+            return launch
+
+    monkeypatch.setitem(st._kernels(), "fwd_seq_gluon", NotCompiling())
+    monkeypatch.setattr(st, "_GLUON_FWD_FAILED", [""])
+    torch.manual_seed(6)
+    b, h, w, d = (1, 3, 5, 6) if not CUDA else (2, 9, 13, 70)
+    st.set_config(st.ScanConfig(fwd_seq=1, fwd_block_l=4, fwd_seq_block_d=32, fwd_seq_warps=1, seg_len=8,
+                                bwd_block_l=4, fwd_gluon=1))
+    params = make_params(d, 16, 2)
+    x = torch.randn(b, h, w, d, device=DEVICE)
+    with caplog.at_level("WARNING", logger="vmunet_monai.ops.ss2d_triton"):
+        for _ in range(2):
+            y = st.ss2d_scan_triton(x, *params)
+            assert st._LAST_FWD_KERNEL[0] == "fwd_seq_kernel"
+            assert rel_err(y, ss2d_ref(x, *params)) < 1e-4
+    assert len(calls) == 1 and "some_op" in st._GLUON_FWD_FAILED[0]
+    assert sum("Gluon scan forward does not compile" in rec.getMessage() for rec in caplog.records) == 1
+
+
 def test_sequential_forward_matches_chunked():
     """fwd_seq=1 (one time step per iteration) gives the chunked forward's outputs and gradients (the backward
     starts from the states it saved)."""
@@ -734,11 +810,12 @@ def test_kernels_compile_for_hopper_without_a_gpu():
             fwd_loops.append(ln.strip())
         time_loop = r"loop 0x[0-9a-f]+-0x[0-9a-f]+: \d+ instructions; MUFU 16,.*"
         assert any(re.fullmatch(time_loop, ln) for ln in fwd_loops), fwd_loops
-    # 4 scan kernels (5 with the Gluon backward where this Triton has Gluon), 2 softplus kernels, the dt backward at 2
-    # ranks for fp32 and bf16 models, 2 layer-norm kernels at 2 widths (the wider as SS2D's fused out_norm + gate)
-    try:  # the Gluon backward is compiled where this Triton has Gluon (the interpreter here does not run it)
+    # 4 scan kernels (6 with the Gluon forward and backward where this Triton has Gluon), 2 softplus kernels, the dt
+    # backward at 2 ranks for fp32 and bf16 models, 2 layer-norm kernels at 2 widths (the wider as SS2D's fused
+    # out_norm + gate)
+    try:  # the Gluon kernels are compiled where this Triton has Gluon (the interpreter here does not run them)
         import vmunet_monai.ops.ss2d_gluon_seq_kernels  # noqa: F401
-        with_gluon = 1
+        with_gluon = 2
     except (ImportError, AttributeError):
         with_gluon = 0
     assert len(lines) == 14 + with_gluon, out.stdout

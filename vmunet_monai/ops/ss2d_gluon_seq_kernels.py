@@ -104,6 +104,104 @@ def _forward_pass(h, a2, t0, t1, dl_s, u_s, b_s, u_base, dl_base, b_base, k, L, 
 
 
 @gluon.jit
+def _issue_scan_rows(dl_s, u_s, b_s, c_s, slot, u_base, dl_base, b_base, c_base, t, k, L, H: gl.constexpr,
+                     W: gl.constexpr, offs_d, mask_d, offs_n, mask_n, su_l, su_d, sdl_l, sdl_d, sb_l, sb_n, sc_l, sc_n):
+    # asynchronous copies of what the forward scan reads at step t (delta, u, B, C) into ring slot ``slot``: one group
+    p = _pos(t, k, L, H, W)
+    _async_copy(dl_s.index(slot), dl_base + p * sdl_l + offs_d * sdl_d, mask=mask_d)
+    _async_copy(u_s.index(slot), u_base + p * su_l + offs_d * su_d, mask=mask_d)
+    _async_copy(b_s.index(slot), b_base + p * sb_l + offs_n * sb_n, mask=mask_n)
+    _async_copy(c_s.index(slot), c_base + p * sc_l + offs_n * sc_n, mask=mask_n)
+    cp.commit_group()
+
+
+@gluon.jit
+def fwd_seq_gluon_kernel(
+    u_ptr, dl_ptr, b_ptr, c_ptr, a_ptr, dskip_ptr, bias_ptr, y_ptr, st_ptr,
+    L, H: gl.constexpr, W: gl.constexpr, DM, NSLOT,
+    su_b, su_k, su_l, su_d,
+    sdl_b, sdl_k, sdl_l, sdl_d,
+    sb_b, sb_k, sb_l, sb_n,
+    sc_b, sc_k, sc_l, sc_n,
+    sy_b, sy_k, sy_l, sy_d,
+    K: gl.constexpr, N: gl.constexpr, NP: gl.constexpr,
+    BLOCK_L: gl.constexpr, BLOCK_D: gl.constexpr, CPS: gl.constexpr,
+    CROSS: gl.constexpr, SOFTPLUS: gl.constexpr, HAS_D: gl.constexpr, HAS_BIAS: gl.constexpr,
+    SAVE_STATES: gl.constexpr, STAGES: gl.constexpr = 4,
+):
+    """Forward scan of one (batch, direction) and BLOCK_D channels, ``BLOCK_D / 32`` warps (the arguments and
+    results of ``fwd_seq_kernel``): y_t = C_t h_t + D u_t with h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t, the
+    state saved every ``CPS * BLOCK_L`` steps and at the end (``SAVE_STATES``). Each thread holds 4 consecutive states
+    of 4 consecutive channels (as the backward); the rows come through ``STAGES``-slot rings of asynchronous copies;
+    y's sum over the states stays inside a warp (two shuffle rounds)."""
+    gl.static_assert(CROSS and not SOFTPLUS and not HAS_BIAS, "the Gluon forward covers the pre-softplus cross scan")
+    gl.static_assert(NP == 16 and BLOCK_D % 32 == 0, "the Gluon forward's layout is 16 states x 32 channels per warp")
+    gl.static_assert(STAGES >= 2, "the rings need a slot being read and one being filled")
+    WARPS: gl.constexpr = BLOCK_D // 32
+    S2: gl.constexpr = gl.BlockedLayout([4, 4], [4, 8], [1, WARPS], [1, 0])
+    CH: gl.constexpr = gl.SliceLayout(0, S2)
+    ST: gl.constexpr = gl.SliceLayout(1, S2)
+
+    pid_bk = gl.program_id(0)
+    pid_d = gl.program_id(1)
+    b = (pid_bk // K).to(gl.int64)
+    k = pid_bk % K
+    kk = k.to(gl.int64)
+    offs_d = pid_d * BLOCK_D + gl.arange(0, BLOCK_D, layout=CH)
+    mask_d = offs_d < DM
+    offs_n = gl.arange(0, NP, layout=ST)
+    mask_n = offs_n < N
+    mask_nd = gl.expand_dims(mask_n, 1) & gl.expand_dims(mask_d, 0)
+    ch = k * DM + offs_d
+    a2 = gl.load(a_ptr + gl.expand_dims(ch, 0) * N + gl.expand_dims(offs_n, 1), mask=mask_nd, other=0.0)
+    a2 = a2.to(gl.float32) * LOG2E
+    if HAS_D:
+        dskip = gl.load(dskip_ptr + ch, mask=mask_d, other=0.0).to(gl.float32)
+    else:
+        dskip = gl.zeros([BLOCK_D], gl.float32, layout=CH)
+    u_base = u_ptr + b * su_b + kk * su_k
+    dl_base = dl_ptr + b * sdl_b + kk * sdl_k
+    b_base = b_ptr + b * sb_b + kk * sb_k
+    c_base = c_ptr + b * sc_b + kk * sc_k
+    y_base = y_ptr + b * sy_b + kk * sy_k
+    # saved states: (d, n) layout, one per segment start and one at the end
+    st_base = st_ptr + pid_bk.to(gl.int64) * NSLOT * DM * N
+    st_offs = gl.expand_dims(offs_d, 0) * N + gl.expand_dims(offs_n, 1)
+
+    R1: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
+    dl_s = gl.allocate_shared_memory(dl_ptr.dtype.element_ty, [STAGES, BLOCK_D], R1)
+    u_s = gl.allocate_shared_memory(u_ptr.dtype.element_ty, [STAGES, BLOCK_D], R1)
+    b_s = gl.allocate_shared_memory(b_ptr.dtype.element_ty, [STAGES, NP], R1)
+    c_s = gl.allocate_shared_memory(c_ptr.dtype.element_ty, [STAGES, NP], R1)
+    SEG: gl.constexpr = CPS * BLOCK_L
+
+    h = gl.zeros([NP, BLOCK_D], gl.float32, layout=S2)
+    for q in gl.static_range(STAGES - 1):
+        _issue_scan_rows(dl_s, u_s, b_s, c_s, q, u_base, dl_base, b_base, c_base, gl.minimum(q, L - 1), k, L, H, W,
+                         offs_d, mask_d, offs_n, mask_n, su_l, su_d, sdl_l, sdl_d, sb_l, sb_n, sc_l, sc_n)
+    for t in range(0, L):
+        cp.wait_group(STAGES - 2)  # step t's copies are done (later steps' may still be in flight)
+        _barrier()  # ... for every lane; and every lane is done reading the slot refilled next
+        _issue_scan_rows(dl_s, u_s, b_s, c_s, (t + STAGES - 1) % STAGES, u_base, dl_base, b_base, c_base,
+                         gl.minimum(t + STAGES - 1, L - 1), k, L, H, W, offs_d, mask_d, offs_n, mask_n,
+                         su_l, su_d, sdl_l, sdl_d, sb_l, sb_n, sc_l, sc_n)
+        if SAVE_STATES:
+            if t % SEG == 0:
+                gl.store(st_base + (t // SEG) * DM * N + st_offs, h, mask=mask_nd)
+        slot = t % STAGES
+        dlt = dl_s.index(slot).load(CH).to(gl.float32)
+        u = u_s.index(slot).load(CH).to(gl.float32)
+        bm = b_s.index(slot).load(ST).to(gl.float32)
+        cm = c_s.index(slot).load(ST).to(gl.float32)
+        h = gl.exp2(a2 * gl.expand_dims(dlt, 0)) * h + gl.expand_dims(bm, 1) * gl.expand_dims(dlt * u, 0)
+        y = gl.sum(h * gl.expand_dims(cm, 1), axis=0) + dskip * u
+        gl.store(y_base + _pos(t, k, L, H, W) * sy_l + offs_d * sy_d, y.to(y_ptr.dtype.element_ty), mask=mask_d)
+    cp.wait_group(0)
+    if SAVE_STATES:
+        gl.store(st_base + (NSLOT - 1) * DM * N + st_offs, h, mask=mask_nd)
+
+
+@gluon.jit
 def bwd_seq_gluon_kernel(
     u_ptr, dl_ptr, b_ptr, c_ptr, a_ptr, dskip_ptr, bias_ptr, dy_ptr, st_ptr, scr_ptr,
     du_ptr, ddl_ptr, db_ptr, dc_ptr, da_ptr, dd_ptr,

@@ -125,6 +125,9 @@ class ScanConfig:
             explicit 4 x 4 register tiles, rows through rings of asynchronous copies read back as 16-byte vectors, no
             layout conversions) where it applies (a Triton whose Gluon compiles it, ``pre_softplus``, 16 states, 32
             channels and one warp per program, ``seq_stages >= 2``); the Triton kernel otherwise. Same maths.
+        fwd_gluon: where the sequential forward runs (``fwd_seq``), 1 = run it in Gluon (``fwd_seq_gluon_kernel``: the
+            backward's 4 x 4 register tiles and rings of asynchronous copies, ``fwd_seq_block_d / 32`` warps) where it
+            applies (as ``bwd_gluon``, with ``fwd_seq_warps == fwd_seq_block_d / 32``); the Triton kernel otherwise.
     """
 
     # Defaults from the H200 sweeps (scripts/gpu_triton_check.py, bf16, 256x256 stage shapes, batch 32;
@@ -160,6 +163,7 @@ class ScanConfig:
     # the Gluon backward (eleventh session, H200, bf16, batch 32): 29.3 instead of 31.3 ms for the 15 cores' backward
     # kernels, faster at all four stage shapes; the network's bf16 training step as a CUDA graph 68.0 instead of 70.0 ms
     bwd_gluon: int = 1
+    fwd_gluon: int = 1
 
     def validate(self) -> "ScanConfig":
         for f in ("fwd_block_l", "fwd_block_d", "bwd_block_l", "bwd_block_d", "fwd_seq_block_d"):
@@ -334,21 +338,26 @@ def _kernels():
     from . import ss2d_triton_seq_kernels as seq
 
     return {"fwd": kern.fwd_kernel, "bwd": kern.bwd_kernel,
-            "fwd_seq": seq.fwd_seq_kernel, "bwd_seq": seq.bwd_seq_kernel, "bwd_seq_gluon": _gluon_backward_kernel(),
+            "fwd_seq": seq.fwd_seq_kernel, "bwd_seq": seq.bwd_seq_kernel,
+            "fwd_seq_gluon": _gluon_kernel("fwd_seq_gluon_kernel"), "bwd_seq_gluon": _gluon_kernel("bwd_seq_gluon_kernel"),
             "softplus": kern.softplus_delta_kernel, "softplus_grad": kern.softplus_grad_kernel,
             "dt_bwd": dt.dt_softplus_bwd_kernel}
 
 
-def _gluon_backward_kernel():
-    """The Gluon sequential backward, or None where it cannot run: Triton without Gluon, or the interpreter (which
-    does not run Gluon)."""
+def _gluon_kernel(name: str):
+    """A Gluon sequential kernel (``ss2d_gluon_seq_kernels``), or None where it cannot run: Triton without Gluon, or
+    the interpreter (which does not run Gluon)."""
     if _interpreting():
         return None
     try:
         from . import ss2d_gluon_seq_kernels as gseq
     except (ImportError, AttributeError):  # a Triton without (this version of) triton.experimental.gluon
         return None
-    return gseq.bwd_seq_gluon_kernel
+    return getattr(gseq, name)
+
+
+def _gluon_backward_kernel():
+    return _gluon_kernel("bwd_seq_gluon_kernel")
 
 
 # why the Gluon backward failed to compile here, once it did ("" = it did not)
@@ -363,6 +372,23 @@ def _use_gluon_backward(cfg: ScanConfig, softplus: bool, has_bias: bool, cross: 
                 and _kernels()["bwd_seq_gluon"] is not None)
 
 
+# why the Gluon forward failed to compile here, once it did ("" = it did not)
+_GLUON_FWD_FAILED: "list[str]" = [""]
+
+
+def _use_gluon_forward(cfg: ScanConfig, seq: bool, softplus: bool, has_bias: bool, cross: bool, n_pad: int) -> bool:
+    """Whether the forward runs ``fwd_seq_gluon_kernel``: asked for, the sequential forward chosen, importable,
+    compiled here (or not tried yet), and the path it covers (32 channels per warp)."""
+    return bool(seq and cfg.fwd_gluon and cross and not softplus and not has_bias and n_pad == 16
+                and cfg.fwd_seq_block_d % 32 == 0 and cfg.fwd_seq_warps == cfg.fwd_seq_block_d // 32
+                and cfg.seq_stages >= 2 and not _GLUON_FWD_FAILED[0] and _kernels()["fwd_seq_gluon"] is not None)
+
+
+def _compile_failure(err: Exception) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[-1] if text else ''}"
+
+
 # --------------------------------------------------------------------------------------------------
 # launchers on logical (b, k, l, d) / (b, k, l, n) views
 # --------------------------------------------------------------------------------------------------
@@ -370,7 +396,8 @@ def _use_gluon_backward(cfg: ScanConfig, softplus: bool, has_bias: bool, cross: 
 
 # the compiled kernels of the latest launches (register / spill counts for benchmarks)
 _LAST_LAUNCH: dict = {}
-# the name of the latest backward kernel (which of the sequential backwards ran)
+# the names of the latest forward / backward kernels (which of the sequential kernels ran)
+_LAST_FWD_KERNEL: "list[str]" = [""]
 _LAST_BWD_KERNEL: "list[str]" = [""]
 
 
@@ -404,9 +431,10 @@ def _scan_forward(u4, dl4, b4, c4, A, Dskip, bias, H, W, cross, softplus, save_s
     """Run the forward kernel. All 4D tensors are views indexed (b, k, l, d|n)."""
     Bsz, K, L, DM = dl4.shape
     seq = _use_seq_forward(cfg, Bsz * K, DM, dl4.device)
-    fwd_kernel = _kernels()["fwd_seq" if seq else "fwd"]
-    block_d, warps = (cfg.fwd_seq_block_d, cfg.fwd_seq_warps) if seq else (cfg.fwd_block_d, cfg.fwd_warps)
     N = A.shape[1]
+    use_gluon = _use_gluon_forward(cfg, seq, softplus, bias is not None, cross, _next_pow2(N))
+    fwd_kernel = _kernels()["fwd_seq_gluon" if use_gluon else "fwd_seq" if seq else "fwd"]
+    block_d, warps = (cfg.fwd_seq_block_d, cfg.fwd_seq_warps) if seq else (cfg.fwd_block_d, cfg.fwd_warps)
     y4_store = torch.empty((K, Bsz, L, DM), device=dl4.device, dtype=torch.float32)
     y4 = y4_store.permute(1, 0, 2, 3)
     cps = cfg.seg_len // cfg.fwd_block_l
@@ -418,17 +446,31 @@ def _scan_forward(u4, dl4, b4, c4, A, Dskip, bias, H, W, cross, softplus, save_s
         states = torch.empty((1,), device=dl4.device, dtype=torch.float32)
     grid = (Bsz * K, triton_cdiv(DM, block_d))
     dummy = A
-    _LAST_LAUNCH["fwd"] = fwd_kernel[grid](
-        u4, dl4, b4, c4, A,
-        Dskip if Dskip is not None else dummy, bias if bias is not None else dummy,
-        y4, states,
-        L, H, W, DM, nslot,
-        *u4.stride(), *dl4.stride(), *b4.stride(), *c4.stride(), *y4.stride(),
-        K=K, N=N, NP=_next_pow2(N),
-        BLOCK_L=cfg.fwd_block_l, BLOCK_D=block_d, CPS=cps,
-        CROSS=cross, SOFTPLUS=softplus, HAS_D=Dskip is not None, HAS_BIAS=bias is not None,
-        SAVE_STATES=save_states, num_warps=warps, **({"STAGES": cfg.seq_stages} if seq else {}),
-    )
+
+    def launch(kernel):
+        _LAST_FWD_KERNEL[0] = kernel.fn.__name__
+        return kernel[grid](
+            u4, dl4, b4, c4, A,
+            Dskip if Dskip is not None else dummy, bias if bias is not None else dummy,
+            y4, states,
+            L, H, W, DM, nslot,
+            *u4.stride(), *dl4.stride(), *b4.stride(), *c4.stride(), *y4.stride(),
+            K=K, N=N, NP=_next_pow2(N),
+            BLOCK_L=cfg.fwd_block_l, BLOCK_D=block_d, CPS=cps,
+            CROSS=cross, SOFTPLUS=softplus, HAS_D=Dskip is not None, HAS_BIAS=bias is not None,
+            SAVE_STATES=save_states, num_warps=warps, **({"STAGES": cfg.seq_stages} if seq else {}),
+        )
+
+    try:
+        _LAST_LAUNCH["fwd"] = launch(fwd_kernel)
+    except Exception as err:  # noqa: BLE001
+        if not use_gluon:
+            raise
+        # as for the backward: a Triton whose Gluon does not compile this kernel gets the Triton kernel from now on
+        _GLUON_FWD_FAILED[0] = _compile_failure(err)
+        logger.warning("the Gluon scan forward does not compile with this Triton (%s); using the Triton kernel",
+                       _GLUON_FWD_FAILED[0])
+        _LAST_LAUNCH["fwd"] = launch(_kernels()["fwd_seq"])
     return y4_store, states
 
 
@@ -490,7 +532,7 @@ def _scan_backward(u4, dl4, b4, c4, A, Dskip, bias, dy4, states, du4, H, W, cros
             raise
         # Gluon is experimental and its API moves between Triton releases: a Triton whose Gluon does not compile
         # this kernel gets the Triton kernel from now on (the compile error comes before any launch: nothing ran)
-        _GLUON_FAILED[0] = f"{type(err).__name__}: {str(err).strip().splitlines()[-1] if str(err).strip() else ''}"
+        _GLUON_FAILED[0] = _compile_failure(err)
         logger.warning("the Gluon scan backward does not compile with this Triton (%s); using the Triton kernel",
                        _GLUON_FAILED[0])
         _LAST_LAUNCH["bwd"] = launch(_kernels()["bwd_seq"])
