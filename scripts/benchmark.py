@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="CUDA: also time latency and inference replayed as CUDA graphs")
     parser.add_argument("--compile", action="store_true",
                         help="also time the forwards under torch.compile(fullgraph=True)")
+    parser.add_argument("--adamw", choices=("fused", "foreach"), default="fused",
+                        help="AdamW implementation of the training rows (same maths; default fused)")
     parser.add_argument(
         "--model-kwargs", default=None, help='JSON dict of VMUNet arguments, e.g. \'{"dims": [8,16,32,64]}\''
     )
@@ -66,6 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
         cuda_graph=args.cuda_graph,
         compile=args.compile,
         model_kwargs=json.loads(args.model_kwargs) if args.model_kwargs else None,
+        adamw=args.adamw,
     )
 
 

@@ -159,6 +159,11 @@ def main() -> None:
             rp, block_m, warps, block_d, _, _ = st._dt_tiles(r, m, dm, 4, precision)
             kernels.append((f"dt_softplus_bwd_kernel (R={r}{tag})", dt.dt_softplus_bwd_kernel, warps,
                             dict(R=r, RP=rp, BLOCK_M=block_m, BLOCK_D=block_d, PRECISION=precision), pointers))
+        # the fused dt forward runs for 16-bit activations only
+        block_m, block_d, warps = st._DT_FWD_TILE
+        kernels.append((f"dt_softplus_fwd_kernel (R={r}, bf16)", dt.dt_softplus_fwd_kernel, warps,
+                        dict(R=r, RP=max(16, st._next_pow2(r)), BLOCK_M=block_m, BLOCK_D=block_d, PRECISION="tf32"),
+                        {"x_ptr": "*bf16", "w_ptr": "*bf16"}))
     # LayerNorm: a plain one at the first stage's width; SS2D's out_norm + gate (summing the four scan directions
     # in the forward, as at inference) at the widest
     for width, gate in ((96, False), (1536, True)):

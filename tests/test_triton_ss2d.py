@@ -219,6 +219,9 @@ def test_upcast_16bit_changes_nothing():
     params = make_params(d, n, r)
     x = torch.randn(b, h, w, d, device=DEVICE).to(torch.bfloat16).requires_grad_()
     results = _core_under_configs(x, params, [dict(upcast_16bit=0), dict(upcast_16bit=1)])
+    # 16-bit rows are not handed to the Gluon kernels (their asynchronous copies cannot read them): no compile failure
+    # that would turn the Gluon kernels off for the fp32 rows after
+    assert not st._GLUON_FAILED[0] and not st._GLUON_FWD_FAILED[0]
     for name, a, c in zip(["y"] + NAMES, *results):
         assert a.dtype == c.dtype, name
         # gradients that pass through 16-bit partials (or, without upcast, a bf16 ddelta) differ by bf16 rounding
@@ -246,8 +249,8 @@ def test_softplus_outside_the_scan_changes_nothing(dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_fused_dt_projection_changes_nothing(dtype):
-    """The dt projection's backward in one Triton kernel reading x_dbl (fused_dt=1, default) or as the softplus
-    gradient kernel + batched GEMMs (fused_dt=0): same output and gradients. Odd D and an R that is not a power
+    """The dt projection's backward in one Triton kernel reading x_dbl (fused_dt=1, default; with bf16 activations its
+    forward too) or as the softplus gradient kernel + batched GEMMs (fused_dt=0): same output and gradients. Odd D and an R that is not a power
     of two exercise the masked tiles; D > the backward's 32-channel blocks its loop over channel blocks."""
     torch.manual_seed(7)
     b, h, w, d, n, r = (1, 3, 5, 40, 4, 3) if not CUDA else (2, 14, 14, 200, 16, 6)
@@ -261,6 +264,36 @@ def test_fused_dt_projection_changes_nothing(dtype):
         # bf16: the GEMM path rounds ddts / d dt_w and ddelta * softplus' to bf16
         tol = 1e-5 if dtype == torch.float32 else (1e-7 if name == "y" else 2e-2)  # same forward: same y
         assert rel_err(a, c) < tol, name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dt_forward_kernel_matches_gemm_and_softplus(dtype):
+    """The fused dt forward (``dt_softplus_fwd_kernel``, the default for 16-bit activations) against the batched GEMM +
+    softplus kernel it replaces and against float64 with z rounded to nearest in bf16 as the autocast GEMM returns it:
+    M not a multiple of the 64-row tiles, 70 channels (a masked tile), ranks padded to 16 and 32, softplus' identity
+    branch (bias 30)."""
+    torch.manual_seed(14)
+    bsz, length, k, n, dm = 2, 37, 4, 3, 70
+    for r in (6, 20):
+        c = r + 2 * n
+        x_dbl = torch.randn(bsz, length, k, c, device=DEVICE).to(dtype)
+        dt_w = torch.randn(k, dm, r, device=DEVICE) * r ** -0.5
+        bias = torch.randn(k * dm, device=DEVICE) - 2.0
+        bias[:5] = 30.0
+        got = st._dt_softplus_forward(x_dbl, dt_w, bias, r)
+        assert got.shape == (k, bsz, length, dm) and got.dtype == torch.float32
+        gemm = st._softplus_delta(st._ss2d_delta(x_dbl, dt_w, r)[1], bias)
+        z = torch.einsum("kblr,kdr->kbld", x_dbl[..., :r].permute(2, 0, 1, 3).double(), dt_w.to(dtype).double())
+        if dtype != torch.float32:
+            z = z.float().to(dtype).double()
+        ref = F.softplus(z + bias.double().view(k, 1, 1, dm), threshold=20.0)
+        if dtype == torch.float32:
+            assert rel_err(got, gemm) < 1e-6 and rel_err(got, ref) < 1e-6
+        else:
+            # same rounding of z as the GEMM: equal but where an fp32 sum in another order lands on the other side of a
+            # bf16 rounding boundary (one bf16 step of z: ~0.4% of delta there)
+            assert (got == gemm).float().mean() > 0.999
+            assert rel_err(got, ref) < 1e-3
 
 
 @pytest.mark.parametrize("min_programs", [0, 10 ** 6])
@@ -434,6 +467,7 @@ def test_gluon_backward_only_where_it_applies(monkeypatch):
     assert not st._use_gluon_backward(cfg, True, True, True, 16)  # softplus + bias in the kernel (pre_softplus=0)
     assert not st._use_gluon_backward(cfg, False, False, False, 16)  # the plain selective scan
     assert not st._use_gluon_backward(cfg, False, False, True, 8)  # d_state 8
+    assert not st._use_gluon_backward(cfg, False, False, True, 16, fp32_inputs=False)  # bf16 rows (upcast_16bit=0)
     assert not st._use_gluon_backward(replace(cfg, bwd_block_d=16), False, False, True, 16)
     assert not st._use_gluon_backward(replace(cfg, bwd_seq=0), False, False, True, 16)
     assert not st._use_gluon_backward(replace(cfg, seq_stages=1), False, False, True, 16)  # no ring to fill ahead
@@ -508,6 +542,7 @@ def test_gluon_forward_only_where_it_applies(monkeypatch):
     assert not st._use_gluon_forward(cfg, True, True, True, True, 16)  # softplus + bias in the kernel
     assert not st._use_gluon_forward(cfg, True, False, False, False, 16)  # the plain selective scan
     assert not st._use_gluon_forward(cfg, True, False, False, True, 8)  # d_state 8
+    assert not st._use_gluon_forward(cfg, True, False, False, True, 16, fp32_inputs=False)  # bf16 rows
     assert not st._use_gluon_forward(replace(cfg, fwd_seq_warps=1), True, False, False, True, 16)  # 64 ch, 1 warp
     assert not st._use_gluon_forward(replace(cfg, fwd_seq_block_d=16, fwd_seq_warps=1), True, False, False, True, 16)
     assert not st._use_gluon_forward(replace(cfg, seq_stages=1), True, False, False, True, 16)
@@ -811,14 +846,14 @@ def test_kernels_compile_for_hopper_without_a_gpu():
         time_loop = r"loop 0x[0-9a-f]+-0x[0-9a-f]+: \d+ instructions; MUFU 16,.*"
         assert any(re.fullmatch(time_loop, ln) for ln in fwd_loops), fwd_loops
     # 4 scan kernels (6 with the Gluon forward and backward where this Triton has Gluon), 2 softplus kernels, the dt
-    # backward at 2 ranks for fp32 and bf16 models, 2 layer-norm kernels at 2 widths (the wider as SS2D's fused
-    # out_norm + gate)
+    # backward at 2 ranks for fp32 and bf16 models and its forward at 2 ranks for bf16 ones, 2 layer-norm kernels at 2
+    # widths (the wider as SS2D's fused out_norm + gate)
     try:  # the Gluon kernels are compiled where this Triton has Gluon (the interpreter here does not run them)
         import vmunet_monai.ops.ss2d_gluon_seq_kernels  # noqa: F401
         with_gluon = 2
     except (ImportError, AttributeError):
         with_gluon = 0
-    assert len(lines) == 14 + with_gluon, out.stdout
+    assert len(lines) == 16 + with_gluon, out.stdout
     for line in lines:  # no register spills (a spilling kernel is slow; the dt tiles were chosen to avoid them)
         if line.strip().startswith("bwd_kernel (tile"):
             continue  # the non-default tile backward: 255 registers, spills a few bytes with Triton 3.6 (H200 machine)

@@ -1,4 +1,5 @@
-"""Triton kernel of the backward of the SS2D core's dt projection ``delta = softplus(dts @ dt_w^T + dt_bias)``.
+"""Triton kernels of the SS2D core's dt projection ``delta = softplus(dts @ dt_w^T + dt_bias)``: its backward, and its
+forward for 16-bit activations.
 
 Imported lazily by ``ss2d_triton`` (needs triton). The reference maths is ``ss2d_triton._ss2d_delta`` (a batched
 GEMM per direction) followed by ``softplus``; the backward of that is three GEMM-like reductions over the
@@ -8,9 +9,13 @@ VM-UNet training step (batch 32, 256x256) they took 7 ms in bf16 and ~28 ms in f
 Here one kernel reads the scan's ddelta once, recomputes z = dts @ dt_w^T + bias (dts straight from the x_proj
 output ``x_dbl`` (B, L, K, R + 2N)), applies softplus' and writes ddts, and per row block partial sums of d dt_w
 and d dt_bias (reduced by the caller, deterministic); its small products are ``tl.dot``: in IEEE fp32 for an fp32
-model, on the tensor cores in TF32 for 16-bit activations (``PRECISION``; ``_dot_precision`` in ss2d_triton). The
-forward keeps the GEMM + elementwise softplus kernel: a fused Triton forward (same maths) measured slower on the
-H200 (3.5 ms against ~2 ms per batch-32 bf16 inference; docs/benchmarks.md).
+model, on the tensor cores in TF32 for 16-bit activations (``PRECISION``; ``_dot_precision`` in ss2d_triton).
+
+The forward kernel writes the fp32 delta the scan kernels read straight from x_dbl and dt_w (no 16-bit raw delta in
+memory, one launch instead of a GEMM and the softplus kernel): with 16-bit activations its ``tl.dot`` runs on the tensor
+cores (H200, bf16, batch 32: 1.65 instead of 2.47 ms per pass of the 15 cores, bit-identical to the GEMM + softplus
+kernel; 64 x 64 tiles). An earlier fused forward (eighth session, a loop over the channels inside each program) was
+slower than the GEMM; in IEEE fp32 this one still is at the deep stages (R = 24, 48), so fp32 models keep the GEMM.
 
 Layouts: row m = b * L + l; x_dbl row stride ``sx_m`` (= K * c), direction stride ``sx_k`` (= c), dts at columns
 [0, R); dt_w (K, D, R) contiguous; dt_bias (K * D,); delta / ddelta (K, M, D) contiguous; ddts (splits, M, K, R)
@@ -20,7 +25,7 @@ partials or, with one split, x_dbl's layout.
 import triton
 import triton.language as tl
 
-from .ss2d_triton_kernels import _delta_grad
+from .ss2d_triton_kernels import _delta, _delta_grad
 
 
 @triton.jit
@@ -87,3 +92,40 @@ def dt_softplus_bwd_kernel(g_ptr, x_ptr, w_ptr, b_ptr, ddts_ptr, dw_part_ptr, db
         tl.store(db_part_ptr + part * DM + offs_d, tl.sum(g, axis=0), mask=mask_d)
     out = ddts_ptr + split.to(tl.int64) * sdd_s + offs_m.to(tl.int64)[:, None] * sdd_m + k * sdd_k + offs_r[None, :]
     tl.store(out, ddts, mask=mask_m[:, None] & (offs_r < R)[None, :])
+
+
+@triton.jit
+def _round_to(z, DTYPE: tl.constexpr):
+    # fp32 z rounded to DTYPE (to nearest, ties to even) and back. bf16 by its bits: Triton's interpreter truncates a
+    # cast to bf16, the GPU rounds; this gives the GPU's rounding in both (NaN and inf stay NaN and inf)
+    if DTYPE == tl.bfloat16:
+        bits = z.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+    else:
+        return z.to(DTYPE).to(tl.float32)
+
+
+@triton.jit
+def dt_softplus_fwd_kernel(x_ptr, w_ptr, b_ptr, out_ptr, M, DM, sx_m, sx_k,
+                           R: tl.constexpr, RP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+                           PRECISION: tl.constexpr = "ieee"):
+    """delta = softplus(dts @ dt_w^T + bias) in fp32 for one block of rows, one direction and one block of channels
+    (grid (M / BLOCK_M, K, D / BLOCK_D)), written to the (K, M, D) delta the scan kernels read. With 16-bit activations
+    ``tl.dot`` runs in TF32 (``PRECISION``), where 16-bit values are exact: exact products and fp32 sums, as the batched
+    GEMM under autocast; the product is rounded to the activations' dtype as the GEMM returns it, then the bias is
+    added and softplus applied in fp32 (``_delta``, as ``softplus_delta_kernel``)."""
+    blk = tl.program_id(0)
+    k = tl.program_id(1)
+    dblk = tl.program_id(2)
+    offs_m = blk * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = dblk * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_r = tl.arange(0, RP)
+    mask_m = offs_m < M
+    mask_d = offs_d < DM
+    dts = _dts_block(x_ptr, k, offs_m, M, sx_m, sx_k, R, RP)
+    w = _dt_weight_block(w_ptr, k, offs_d, DM, R, RP)
+    z = _round_to(tl.dot(dts, w, input_precision=PRECISION), x_ptr.dtype.element_ty)
+    bias = tl.load(b_ptr + k * DM + offs_d, mask=mask_d, other=0.0).to(tl.float32)
+    out = out_ptr + (k * M + offs_m.to(tl.int64))[:, None] * DM + offs_d[None, :]
+    tl.store(out, _delta(z + bias[None, :], True), mask=mask_m[:, None] & mask_d[None, :])

@@ -121,6 +121,8 @@ class ScanConfig:
             (``dt_proj_triton_kernels``: reads the scan's ddelta once, writes ddts and partial sums of d dt_w /
             d dt_bias); 0 = the softplus-gradient kernel and batched GEMMs, for which cuBLAS picks slow kernels
             (R = 6..48 wide rows; 7 ms per bf16 and ~28 ms per fp32 VM-UNet training step on the H200). Same maths.
+            With 16-bit activations the forward ``softplus(dts @ dt_w^T + bias)`` is one kernel too
+            (``dt_softplus_fwd_kernel``; fp32 models keep the batched GEMM + softplus kernel, faster there).
         bwd_gluon: with ``bwd_seq``, 1 = run the sequential backward written in Gluon (``ss2d_gluon_seq_kernels``:
             explicit 4 x 4 register tiles, rows through rings of asynchronous copies read back as 16-byte vectors, no
             layout conversions) where it applies (a Triton whose Gluon compiles it, ``pre_softplus``, 16 states, 32
@@ -341,7 +343,7 @@ def _kernels():
             "fwd_seq": seq.fwd_seq_kernel, "bwd_seq": seq.bwd_seq_kernel,
             "fwd_seq_gluon": _gluon_kernel("fwd_seq_gluon_kernel"), "bwd_seq_gluon": _gluon_kernel("bwd_seq_gluon_kernel"),
             "softplus": kern.softplus_delta_kernel, "softplus_grad": kern.softplus_grad_kernel,
-            "dt_bwd": dt.dt_softplus_bwd_kernel}
+            "dt_bwd": dt.dt_softplus_bwd_kernel, "dt_fwd": dt.dt_softplus_fwd_kernel}
 
 
 def _gluon_kernel(name: str):
@@ -364,10 +366,14 @@ def _gluon_backward_kernel():
 _GLUON_FAILED: "list[str]" = [""]
 
 
-def _use_gluon_backward(cfg: ScanConfig, softplus: bool, has_bias: bool, cross: bool, n_pad: int) -> bool:
+def _use_gluon_backward(cfg: ScanConfig, softplus: bool, has_bias: bool, cross: bool, n_pad: int,
+                        fp32_inputs: bool = True) -> bool:
     """Whether the backward runs ``bwd_seq_gluon_kernel``: asked for, importable, compiled here (or not tried yet),
-    and the path it covers."""
+    and the path it covers. ``fp32_inputs``: the kernel reads fp32 rows (the default ``upcast_16bit`` copies of 16-bit
+    activations, or an fp32 model); 16-bit B / C rows start at 2-byte offsets inside x_dbl, which asynchronous copies
+    (4 bytes at least) cannot read."""
     return bool(cfg.bwd_seq and cfg.bwd_gluon and cross and not softplus and not has_bias and n_pad == 16
+                and fp32_inputs
                 and cfg.bwd_block_d == 32 and cfg.bwd_warps == 1 and cfg.seq_stages >= 2 and not _GLUON_FAILED[0]
                 and _kernels()["bwd_seq_gluon"] is not None)
 
@@ -376,12 +382,17 @@ def _use_gluon_backward(cfg: ScanConfig, softplus: bool, has_bias: bool, cross: 
 _GLUON_FWD_FAILED: "list[str]" = [""]
 
 
-def _use_gluon_forward(cfg: ScanConfig, seq: bool, softplus: bool, has_bias: bool, cross: bool, n_pad: int) -> bool:
+def _use_gluon_forward(cfg: ScanConfig, seq: bool, softplus: bool, has_bias: bool, cross: bool, n_pad: int,
+                       fp32_inputs: bool = True) -> bool:
     """Whether the forward runs ``fwd_seq_gluon_kernel``: asked for, the sequential forward chosen, importable,
-    compiled here (or not tried yet), and the path it covers (32 channels per warp)."""
-    return bool(seq and cfg.fwd_gluon and cross and not softplus and not has_bias and n_pad == 16
+    compiled here (or not tried yet), and the path it covers (32 channels per warp, fp32 rows as the backward)."""
+    return bool(seq and cfg.fwd_gluon and cross and not softplus and not has_bias and n_pad == 16 and fp32_inputs
                 and cfg.fwd_seq_block_d % 32 == 0 and cfg.fwd_seq_warps == cfg.fwd_seq_block_d // 32
                 and cfg.seq_stages >= 2 and not _GLUON_FWD_FAILED[0] and _kernels()["fwd_seq_gluon"] is not None)
+
+
+def _all_fp32(*tensors: torch.Tensor) -> bool:
+    return all(t.dtype == torch.float32 for t in tensors)
 
 
 def _compile_failure(err: Exception) -> str:
@@ -432,7 +443,8 @@ def _scan_forward(u4, dl4, b4, c4, A, Dskip, bias, H, W, cross, softplus, save_s
     Bsz, K, L, DM = dl4.shape
     seq = _use_seq_forward(cfg, Bsz * K, DM, dl4.device)
     N = A.shape[1]
-    use_gluon = _use_gluon_forward(cfg, seq, softplus, bias is not None, cross, _next_pow2(N))
+    use_gluon = _use_gluon_forward(cfg, seq, softplus, bias is not None, cross, _next_pow2(N),
+                                   _all_fp32(u4, dl4, b4, c4))
     fwd_kernel = _kernels()["fwd_seq_gluon" if use_gluon else "fwd_seq" if seq else "fwd"]
     block_d, warps = (cfg.fwd_seq_block_d, cfg.fwd_seq_warps) if seq else (cfg.fwd_block_d, cfg.fwd_warps)
     y4_store = torch.empty((K, Bsz, L, DM), device=dl4.device, dtype=torch.float32)
@@ -484,7 +496,7 @@ def _scan_backward(u4, dl4, b4, c4, A, Dskip, bias, dy4, states, du4, H, W, cros
     Bsz, K, L, DM = dl4.shape
     N = A.shape[1]
     NP = _next_pow2(N)
-    use_gluon = _use_gluon_backward(cfg, softplus, bias is not None, cross, NP)
+    use_gluon = _use_gluon_backward(cfg, softplus, bias is not None, cross, NP, _all_fp32(u4, dl4, b4, c4, dy4))
     bwd_kernel = _kernels()["bwd_seq_gluon" if use_gluon else "bwd_seq" if cfg.bwd_seq else "bwd"]
     if fwd_cfg.seg_len % cfg.bwd_block_l:
         raise ValueError(f"bwd_block_l={cfg.bwd_block_l} does not divide the saved seg_len={fwd_cfg.seg_len}")
@@ -635,6 +647,33 @@ def _kernel_delta(cfg: ScanConfig, delta: torch.Tensor, delta_bias: torch.Tensor
     return _kernel_dtype(cfg, delta)[0], delta_bias, True
 
 
+def _fused_dt_forward(cfg: ScanConfig, x_dbl: Tensor) -> bool:
+    """Whether delta = softplus(dts @ dt_w^T + bias) is one Triton kernel (``dt_softplus_fwd_kernel``): with
+    ``fused_dt`` for 16-bit activations, whose small products run on the tensor cores (H200, bf16, batch 32: 1.65
+    instead of 2.47 ms per 15 cores, bit-identical; in IEEE fp32 the kernel is slower than cuBLAS at the deep stages,
+    so fp32 models keep the batched GEMM + softplus kernel)."""
+    return bool(_fused_dt(cfg) and x_dbl.dtype in (torch.float16, torch.bfloat16))
+
+
+# (rows, channels, warps) per program of the fused dt forward (``.gpu`` sweep, twelfth session: 64 x 64 x 4 fastest at
+# every stage shape but the last, where it is within 5% of the best)
+_DT_FWD_TILE = (64, 64, 4)
+
+
+def _dt_softplus_forward(x_dbl: Tensor, dt_w: Tensor, delta_bias: Tensor, r: int) -> Tensor:
+    """softplus(dts @ dt_w^T + bias) as a new fp32 (K, B, L, D) tensor, in one kernel (``_fused_dt_forward``)."""
+    bsz, length, k, c = x_dbl.shape
+    dm = dt_w.shape[1]
+    m = bsz * length
+    block_m, block_d, warps = _DT_FWD_TILE
+    out = torch.empty((k, bsz, length, dm), device=x_dbl.device, dtype=torch.float32)
+    _kernels()["dt_fwd"][(triton_cdiv(m, block_m), k, triton_cdiv(dm, block_d))](
+        x_dbl.contiguous(), _dt_weight(dt_w, x_dbl), delta_bias, out, m, dm, k * c, c, R=r,
+        RP=max(16, _next_pow2(r)), BLOCK_M=block_m, BLOCK_D=block_d, PRECISION=_dot_precision(x_dbl.dtype),
+        num_warps=warps)
+    return out
+
+
 def _fused_dt(cfg: ScanConfig) -> bool:
     return bool(cfg.pre_softplus and cfg.fused_dt)
 
@@ -705,7 +744,10 @@ def _ss2d_fwd_parts(u, x_dbl, dt_w, A, Ds, delta_bias, H, W, cfg_list, save_stat
     cfg = _cfg_from_list(cfg_list)
     r = dt_w.shape[2]
     n = A.shape[1]
-    delta, bias, softplus = _kernel_delta(cfg, _ss2d_delta(x_dbl, dt_w, r)[1], delta_bias)
+    if _fused_dt_forward(cfg, x_dbl):
+        delta, bias, softplus = _dt_softplus_forward(x_dbl, dt_w, delta_bias, r), None, False
+    else:
+        delta, bias, softplus = _kernel_delta(cfg, _ss2d_delta(x_dbl, dt_w, r)[1], delta_bias)
     u, x_dbl = _kernel_dtype(cfg, u, x_dbl)
     u4, dl4, b4, c4 = _ss2d_views(u, x_dbl, delta, r, n)
     return _scan_forward(u4, dl4, b4, c4, A, Ds, bias, H, W, True, softplus, save_states, cfg)
@@ -731,8 +773,12 @@ def _ss2d_bwd_impl(dy, u, x_dbl, dt_w, A, Ds, delta_bias, states, H, W, cfg_list
     cfg = replace(cfg, pre_softplus=fwd_cfg.pre_softplus, fused_dt=fwd_cfg.fused_dt)
     fused = _fused_dt(cfg)
     # delta is recomputed rather than saved: it is the largest tensor of the core (K x the activation)
-    dts, delta_raw = _ss2d_delta(x_dbl, dt_w, r)
-    delta, bias, softplus = _kernel_delta(cfg, delta_raw, delta_bias)
+    if _fused_dt_forward(cfg, x_dbl):  # then the dt backward is fused too: it needs neither dts nor the raw delta
+        dts = delta_raw = None
+        delta, bias, softplus = _dt_softplus_forward(x_dbl, dt_w, delta_bias, r), None, False
+    else:
+        dts, delta_raw = _ss2d_delta(x_dbl, dt_w, r)
+        delta, bias, softplus = _kernel_delta(cfg, delta_raw, delta_bias)
     if not softplus:
         # the softplus' chain rule needs the raw delta after the kernels (the fused dt kernel recomputes it from
         # dts; the GEMM path recomputes it then): out of the backward's peak memory (~200 MB at the first
