@@ -13,8 +13,9 @@ model, on the tensor cores in TF32 for 16-bit activations (``PRECISION``; ``_dot
 
 The forward kernel writes the fp32 delta the scan kernels read straight from x_dbl and dt_w (no 16-bit raw delta in
 memory, one launch instead of a GEMM and the softplus kernel): with 16-bit activations its ``tl.dot`` runs on the tensor
-cores (H200, bf16, batch 32: 1.65 instead of 2.47 ms per pass of the 15 cores, bit-identical to the GEMM + softplus
-kernel; 64 x 64 tiles). An earlier fused forward (eighth session, a loop over the channels inside each program) was
+cores (H200, bf16, batch 32, a variant with bf16 operands: 1.65 instead of 2.47 ms per pass of the 15 cores,
+bit-identical to the GEMM + softplus kernel, 64 x 64 tiles; this form reads them as fp32 in TF32, exact for 16-bit
+values and right in Triton's interpreter, whose bf16 dot is not). An earlier fused forward (eighth session, a loop over the channels inside each program) was
 slower than the GEMM; in IEEE fp32 this one still is at the deep stages (R = 24, 48), so fp32 models keep the GEMM.
 
 Layouts: row m = b * L + l; x_dbl row stride ``sx_m`` (= K * c), direction stride ``sx_k`` (= c), dts at columns

@@ -649,8 +649,8 @@ def _kernel_delta(cfg: ScanConfig, delta: torch.Tensor, delta_bias: torch.Tensor
 
 def _fused_dt_forward(cfg: ScanConfig, x_dbl: Tensor) -> bool:
     """Whether delta = softplus(dts @ dt_w^T + bias) is one Triton kernel (``dt_softplus_fwd_kernel``): with
-    ``fused_dt`` for 16-bit activations, whose small products run on the tensor cores (H200, bf16, batch 32: 1.65
-    instead of 2.47 ms per 15 cores, bit-identical; in IEEE fp32 the kernel is slower than cuBLAS at the deep stages,
+    ``fused_dt`` for 16-bit activations, whose small products run on the tensor cores (H200, bf16, batch 32: about
+    1.65 instead of 2.47 ms per pass of the 15 cores; in IEEE fp32 the kernel is slower than cuBLAS at the deep stages,
     so fp32 models keep the batched GEMM + softplus kernel)."""
     return bool(_fused_dt(cfg) and x_dbl.dtype in (torch.float16, torch.bfloat16))
 
