@@ -148,7 +148,7 @@ def main() -> None:
         kernels.append(("fwd_seq_gluon_kernel", gluon_fwd, cfg.fwd_seq_block_d // 32,
                         dict(common, SOFTPLUS=False, HAS_BIAS=False, BLOCK_L=cfg.fwd_block_l,
                              BLOCK_D=cfg.fwd_seq_block_d, CPS=fwd_cps, SAVE_STATES=True, STAGES=cfg.seq_stages)))
-    gluon_bwd = st._gluon_backward_kernel()
+    gluon_bwd = st._gluon_kernel("bwd_seq_gluon_kernel")
     if gluon_bwd is not None:  # the Gluon backward (ScanConfig.bwd_gluon), with a 16-bit model's gradients
         kernels.append(("bwd_seq_gluon_kernel", gluon_bwd, 1,
                         dict(common, SOFTPLUS=False, HAS_BIAS=False, BLOCK_L=cfg.bwd_block_l, BLOCK_D=32, CPS=bwd_cps,

@@ -478,13 +478,12 @@ def test_gluon_backward_only_where_it_applies(monkeypatch):
         assert st._kernels()["bwd_seq_gluon"] is None  # the interpreter does not run Gluon
 
 
-def test_gluon_backward_that_does_not_compile_falls_back(monkeypatch, caplog):
-    """A Triton whose Gluon does not compile the kernel (its API moves between releases): the backward runs the Triton
-    kernel instead, with the reference gradients, says so once in the log, and does not try Gluon again."""
-    calls = []
+def _kernel_that_does_not_compile(name: str, calls: list):
+    """Stands in for a Gluon kernel ``name`` whose compilation fails at its first launch (each launch's grid is appended
+    to ``calls``), as where Gluon's API moved."""
 
-    class NotCompiling:  # stands in for a Gluon kernel whose compilation fails at its first launch
-        fn = type("fn", (), {"__name__": "bwd_seq_gluon_kernel"})
+    class NotCompiling:
+        fn = type("fn", (), {"__name__": name})
 
         def __getitem__(self, grid):
             def launch(*args, **kwargs):
@@ -492,7 +491,14 @@ def test_gluon_backward_that_does_not_compile_falls_back(monkeypatch, caplog):
                 raise AttributeError("module 'triton.experimental.gluon.language' has no attribute 'some_op'")
             return launch
 
-    monkeypatch.setitem(st._kernels(), "bwd_seq_gluon", NotCompiling())
+    return NotCompiling()
+
+
+def test_gluon_backward_that_does_not_compile_falls_back(monkeypatch, caplog):
+    """A Triton whose Gluon does not compile the kernel (its API moves between releases): the backward runs the Triton
+    kernel instead, with the reference gradients, says so once in the log, and does not try Gluon again."""
+    calls = []
+    monkeypatch.setitem(st._kernels(), "bwd_seq_gluon", _kernel_that_does_not_compile("bwd_seq_gluon_kernel", calls))
     monkeypatch.setattr(st, "_GLUON_FAILED", [""])  # this test's failure stays in this test
     torch.manual_seed(5)
     b, h, w, d, n, r = (1, 3, 5, 6, 16, 2) if not CUDA else (2, 9, 13, 70, 16, 6)
@@ -557,17 +563,7 @@ def test_gluon_forward_that_does_not_compile_falls_back(monkeypatch, caplog):
     """A Triton whose Gluon does not compile the forward: the Triton sequential forward runs instead (reference
     outputs), the log says so once, and Gluon is not tried again."""
     calls = []
-
-    class NotCompiling:
-        fn = type("fn", (), {"__name__": "fwd_seq_gluon_kernel"})
-
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                calls.append(grid)
-                raise AttributeError("module 'triton.experimental.gluon.language' has no attribute 'some_op'")
-            return launch
-
-    monkeypatch.setitem(st._kernels(), "fwd_seq_gluon", NotCompiling())
+    monkeypatch.setitem(st._kernels(), "fwd_seq_gluon", _kernel_that_does_not_compile("fwd_seq_gluon_kernel", calls))
     monkeypatch.setattr(st, "_GLUON_FWD_FAILED", [""])
     torch.manual_seed(6)
     b, h, w, d = (1, 3, 5, 6) if not CUDA else (2, 9, 13, 70)

@@ -104,6 +104,29 @@ def _forward_pass(h, a2, t0, t1, dl_s, u_s, b_s, u_base, dl_base, b_base, k, L, 
 
 
 @gluon.jit
+def _program_setup(a_ptr, dskip_ptr, DM, K: gl.constexpr, N: gl.constexpr, NP: gl.constexpr, BLOCK_D: gl.constexpr,
+                   HAS_D: gl.constexpr, CH: gl.constexpr, ST: gl.constexpr):
+    # this program's (batch, direction) and channel block, index vectors and masks in the tile's layouts, A as
+    # (states, channels) and the D skip, fp32
+    pid_bk = gl.program_id(0)
+    pid_d = gl.program_id(1)
+    b = (pid_bk // K).to(gl.int64)
+    k = pid_bk % K
+    offs_d = pid_d * BLOCK_D + gl.arange(0, BLOCK_D, layout=CH)
+    mask_d = offs_d < DM
+    offs_n = gl.arange(0, NP, layout=ST)
+    mask_n = offs_n < N
+    mask_nd = gl.expand_dims(mask_n, 1) & gl.expand_dims(mask_d, 0)
+    ch = k * DM + offs_d
+    a_t = gl.load(a_ptr + gl.expand_dims(ch, 0) * N + gl.expand_dims(offs_n, 1), mask=mask_nd, other=0.0)
+    if HAS_D:
+        dskip = gl.load(dskip_ptr + ch, mask=mask_d, other=0.0).to(gl.float32)
+    else:
+        dskip = gl.zeros([BLOCK_D], gl.float32, layout=CH)
+    return pid_bk, pid_d, b, k, offs_d, mask_d, offs_n, mask_n, mask_nd, ch, a_t.to(gl.float32), dskip
+
+
+@gluon.jit
 def _issue_scan_rows(dl_s, u_s, b_s, c_s, slot, u_base, dl_base, b_base, c_base, t, k, L, H: gl.constexpr,
                      W: gl.constexpr, offs_d, mask_d, offs_n, mask_n, su_l, su_d, sdl_l, sdl_d, sb_l, sb_n, sc_l, sc_n):
     # asynchronous copies of what the forward scan reads at step t (delta, u, B, C) into ring slot ``slot``: one group
@@ -142,23 +165,10 @@ def fwd_seq_gluon_kernel(
     CH: gl.constexpr = gl.SliceLayout(0, S2)
     ST: gl.constexpr = gl.SliceLayout(1, S2)
 
-    pid_bk = gl.program_id(0)
-    pid_d = gl.program_id(1)
-    b = (pid_bk // K).to(gl.int64)
-    k = pid_bk % K
+    pid_bk, pid_d, b, k, offs_d, mask_d, offs_n, mask_n, mask_nd, ch, a_t, dskip = _program_setup(
+        a_ptr, dskip_ptr, DM, K, N, NP, BLOCK_D, HAS_D, CH, ST)
     kk = k.to(gl.int64)
-    offs_d = pid_d * BLOCK_D + gl.arange(0, BLOCK_D, layout=CH)
-    mask_d = offs_d < DM
-    offs_n = gl.arange(0, NP, layout=ST)
-    mask_n = offs_n < N
-    mask_nd = gl.expand_dims(mask_n, 1) & gl.expand_dims(mask_d, 0)
-    ch = k * DM + offs_d
-    a2 = gl.load(a_ptr + gl.expand_dims(ch, 0) * N + gl.expand_dims(offs_n, 1), mask=mask_nd, other=0.0)
-    a2 = a2.to(gl.float32) * LOG2E
-    if HAS_D:
-        dskip = gl.load(dskip_ptr + ch, mask=mask_d, other=0.0).to(gl.float32)
-    else:
-        dskip = gl.zeros([BLOCK_D], gl.float32, layout=CH)
+    a2 = a_t * LOG2E
     u_base = u_ptr + b * su_b + kk * su_k
     dl_base = dl_ptr + b * sdl_b + kk * sdl_k
     b_base = b_ptr + b * sb_b + kk * sb_k
@@ -234,24 +244,10 @@ def bwd_seq_gluon_kernel(
     ST: gl.constexpr = gl.SliceLayout(1, S2)  # a vector over states (B, C, dB, dC)
     STATE: gl.constexpr = NP * BLOCK_D
 
-    pid_bk = gl.program_id(0)
-    pid_d = gl.program_id(1)
-    b = (pid_bk // K).to(gl.int64)
-    k = pid_bk % K
+    pid_bk, pid_d, b, k, offs_d, mask_d, offs_n, mask_n, mask_nd, ch, a_t, dskip = _program_setup(
+        a_ptr, dskip_ptr, DM, K, N, NP, BLOCK_D, HAS_D, CH, ST)
     kk = k.to(gl.int64)
-    offs_d = pid_d * BLOCK_D + gl.arange(0, BLOCK_D, layout=CH)
-    mask_d = offs_d < DM
-    offs_n = gl.arange(0, NP, layout=ST)
-    mask_n = offs_n < N
-    mask_nd = gl.expand_dims(mask_n, 1) & gl.expand_dims(mask_d, 0)
-    ch = k * DM + offs_d
-    a_t = gl.load(a_ptr + gl.expand_dims(ch, 0) * N + gl.expand_dims(offs_n, 1), mask=mask_nd, other=0.0)
-    a_t = a_t.to(gl.float32)
     a2 = a_t * LOG2E
-    if HAS_D:
-        dskip = gl.load(dskip_ptr + ch, mask=mask_d, other=0.0).to(gl.float32)
-    else:
-        dskip = gl.zeros([BLOCK_D], gl.float32, layout=CH)
 
     u_base = u_ptr + b * su_b + kk * su_k
     dl_base = dl_ptr + b * sdl_b + kk * sdl_k

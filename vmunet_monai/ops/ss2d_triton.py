@@ -358,10 +358,6 @@ def _gluon_kernel(name: str):
     return getattr(gseq, name)
 
 
-def _gluon_backward_kernel():
-    return _gluon_kernel("bwd_seq_gluon_kernel")
-
-
 # why the Gluon backward failed to compile here, once it did ("" = it did not)
 _GLUON_FAILED: "list[str]" = [""]
 
@@ -395,9 +391,20 @@ def _all_fp32(*tensors: torch.Tensor) -> bool:
     return all(t.dtype == torch.float32 for t in tensors)
 
 
-def _compile_failure(err: Exception) -> str:
-    text = str(err).strip()
-    return f"{type(err).__name__}: {text.splitlines()[-1] if text else ''}"
+def _launch_or_fall_back(launch, kernel, use_gluon: bool, failed: "list[str]", what: str, fallback: str):
+    """``launch(kernel)``. Gluon is experimental and its API moves between Triton releases: where the Gluon kernel does
+    not compile (the error comes before any launch: nothing ran), say why in ``failed`` (which turns it off from now
+    on), log it once and launch the Triton kernel ``_kernels()[fallback]`` instead."""
+    try:
+        return launch(kernel)
+    except Exception as err:  # noqa: BLE001
+        if not use_gluon:
+            raise
+        text = str(err).strip()
+        failed[0] = f"{type(err).__name__}: {text.splitlines()[-1] if text else ''}"
+        logger.warning("the Gluon scan %s does not compile with this Triton (%s); using the Triton kernel", what,
+                       failed[0])
+        return launch(_kernels()[fallback])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -473,16 +480,7 @@ def _scan_forward(u4, dl4, b4, c4, A, Dskip, bias, H, W, cross, softplus, save_s
             SAVE_STATES=save_states, num_warps=warps, **({"STAGES": cfg.seq_stages} if seq else {}),
         )
 
-    try:
-        _LAST_LAUNCH["fwd"] = launch(fwd_kernel)
-    except Exception as err:  # noqa: BLE001
-        if not use_gluon:
-            raise
-        # as for the backward: a Triton whose Gluon does not compile this kernel gets the Triton kernel from now on
-        _GLUON_FWD_FAILED[0] = _compile_failure(err)
-        logger.warning("the Gluon scan forward does not compile with this Triton (%s); using the Triton kernel",
-                       _GLUON_FWD_FAILED[0])
-        _LAST_LAUNCH["fwd"] = launch(_kernels()["fwd_seq"])
+    _LAST_LAUNCH["fwd"] = _launch_or_fall_back(launch, fwd_kernel, use_gluon, _GLUON_FWD_FAILED, "forward", "fwd_seq")
     return y4_store, states
 
 
@@ -537,17 +535,7 @@ def _scan_backward(u4, dl4, b4, c4, A, Dskip, bias, dy4, states, du4, H, W, cros
             num_warps=cfg.bwd_warps, **seq_kw,
         )
 
-    try:
-        _LAST_LAUNCH["bwd"] = launch(bwd_kernel)
-    except Exception as err:  # noqa: BLE001
-        if not use_gluon:
-            raise
-        # Gluon is experimental and its API moves between Triton releases: a Triton whose Gluon does not compile
-        # this kernel gets the Triton kernel from now on (the compile error comes before any launch: nothing ran)
-        _GLUON_FAILED[0] = _compile_failure(err)
-        logger.warning("the Gluon scan backward does not compile with this Triton (%s); using the Triton kernel",
-                       _GLUON_FAILED[0])
-        _LAST_LAUNCH["bwd"] = launch(_kernels()["bwd_seq"])
+    _LAST_LAUNCH["bwd"] = _launch_or_fall_back(launch, bwd_kernel, use_gluon, _GLUON_FAILED, "backward", "bwd_seq")
     # deterministic reductions of the per-program partials (accumulated in fp32)
     db = db_part.sum(0, dtype=torch.float32) if n_dblk > 1 else db_part[0].float()
     dc = dc_part.sum(0, dtype=torch.float32) if n_dblk > 1 else dc_part[0].float()
