@@ -143,17 +143,28 @@ def main() -> None:
         ("softplus_delta_kernel", tile.softplus_delta_kernel, 4, dict(BLOCK=st._SOFTPLUS_BLOCK)),
         ("softplus_grad_kernel", tile.softplus_grad_kernel, 4, dict(BLOCK=st._SOFTPLUS_BLOCK)),
     ]
+    # the Gluon kernels take B / C rows of the stage-1 x_dbl (32, 4096, 4, 6 + 32) fp32 copy as a launch passes them:
+    # strides as constants and the rows' offsets from 16-byte boundaries (ss2d_triton._gluon_row_args)
+    c_dbl = 6 + 2 * 16
+    rows = dict(sb_b=4096 * 4 * c_dbl, sb_k=c_dbl, sb_l=4 * c_dbl, sc_b=4096 * 4 * c_dbl, sc_k=c_dbl, sc_l=4 * c_dbl,
+                B_OFF=6 % 4, C_OFF=(6 + 16) % 4)
     gluon_fwd = st._gluon_kernel("fwd_seq_gluon_kernel")
     if gluon_fwd is not None:  # the Gluon forward (ScanConfig.fwd_gluon)
         kernels.append(("fwd_seq_gluon_kernel", gluon_fwd, cfg.fwd_seq_block_d // 32,
                         dict(common, SOFTPLUS=False, HAS_BIAS=False, BLOCK_L=cfg.fwd_block_l,
-                             BLOCK_D=cfg.fwd_seq_block_d, CPS=fwd_cps, SAVE_STATES=True, STAGES=cfg.seq_stages)))
+                             BLOCK_D=cfg.fwd_seq_block_d, CPS=fwd_cps, SAVE_STATES=True, STAGES=cfg.seq_stages,
+                             **rows)))
     gluon_bwd = st._gluon_kernel("bwd_seq_gluon_kernel")
-    if gluon_bwd is not None:  # the Gluon backward (ScanConfig.bwd_gluon), with a 16-bit model's gradients
-        kernels.append(("bwd_seq_gluon_kernel", gluon_bwd, 1,
-                        dict(common, SOFTPLUS=False, HAS_BIAS=False, BLOCK_L=cfg.bwd_block_l, BLOCK_D=32, CPS=bwd_cps,
-                             STAGES=cfg.seq_stages),
-                        {name: "*bf16" for name in ("du_ptr", "ddl_ptr", "db_ptr", "dc_ptr")}))
+    if gluon_bwd is not None:  # the Gluon backward (ScanConfig.bwd_gluon), with a 16-bit model's gradients: the
+        # stage-1 choice (history in global scratch) and the choice from 1024 steps down (history in shared memory)
+        smem_cfg = st.config_for_length(st.get_config(), 32 * 32)
+        for tag, c in (("", cfg), (", history in shared memory", smem_cfg)):
+            kernels.append((f"bwd_seq_gluon_kernel{tag}", gluon_bwd, 1,
+                            dict(common, SOFTPLUS=False, HAS_BIAS=False, BLOCK_L=c.bwd_block_l, BLOCK_D=32,
+                                 CPS=cfg.seg_len // c.bwd_block_l, STAGES=cfg.seq_stages,
+                                 HIST_SMEM=bool(c.bwd_hist_smem == 1 and c.bwd_block_l <= st._HIST_SMEM_MAX_STEPS),
+                                 **rows),
+                            {name: "*bf16" for name in ("du_ptr", "ddl_ptr", "db_ptr", "dc_ptr")}))
     for r, m, dm in ((6, 32 * 4096, 192), (48, 32 * 64, 1536)):  # the first and the last VM-UNet stage, batch 32
         for precision, tag, pointers in (("ieee", "", {}), ("tf32", ", bf16", bf16)):
             rp, block_m, warps, block_d, _, _ = st._dt_tiles(r, m, dm, 4, precision)

@@ -442,18 +442,41 @@ def assert_gradients_match_reference(x, params, backward_kernel: str) -> None:
 
 
 @pytest.mark.skipif(not CUDA, reason="Gluon kernels compile for a GPU only (no interpreter)")
-@pytest.mark.parametrize("seg_len,bwd_block_l,maxnreg", [(64, 64, 0), (32, 8, 0), (128, 16, 168)])
-def test_gluon_backward_matches_reference(seg_len, bwd_block_l, maxnreg):
+@pytest.mark.parametrize("seg_len,bwd_block_l,maxnreg,hist_smem", [(64, 64, 0, 0), (32, 8, 0, 0), (128, 16, 168, 0),
+                                                                   (32, 8, 0, 1), (128, 8, 168, 1), (16, 16, 0, 1),
+                                                                   (64, 64, 0, 1)])
+def test_gluon_backward_matches_reference(seg_len, bwd_block_l, maxnreg, hist_smem):
     """bwd_gluon=1 (the Gluon sequential backward) against the reference, batch 1 and 2, odd H x W, a masked channel
-    block (70 = 32 + 32 + 6): one sub-segment per segment, several with the recomputation pass, a register cap."""
+    block (70 = 32 + 32 + 6): one sub-segment per segment, several with the recomputation pass, a register cap; the
+    h_{t-1} history in global scratch and in shared memory (not for 64-step sub-segments: ``_HIST_SMEM_MAX_STEPS``)."""
     if st._kernels()["bwd_seq_gluon"] is None:
         pytest.skip("this Triton has no triton.experimental.gluon")
     for b, h, w, d in ((1, 9, 13, 70), (2, 19, 23, 96)):
         torch.manual_seed(12)
-        st.set_config(st.ScanConfig(bwd_block_l=bwd_block_l, seg_len=seg_len, bwd_maxnreg=maxnreg, bwd_gluon=1))
+        st.set_config(st.ScanConfig(bwd_block_l=bwd_block_l, seg_len=seg_len, bwd_maxnreg=maxnreg, bwd_gluon=1,
+                                    bwd_hist_smem=hist_smem))
         params = make_params(d, 16, 6)
         x = torch.randn(b, h, w, d, device=DEVICE, requires_grad=True)
         assert_gradients_match_reference(x, params, "bwd_seq_gluon_kernel")
+        history_bytes = bwd_block_l * 16 * 32 * 4  # h_{t-1} of a sub-segment: fp32, 16 states x 32 channels
+        assert (st.kernel_info()["bwd"]["shared"] >= history_bytes) == bool(hist_smem and bwd_block_l <= 32)
+
+
+def test_gluon_row_arguments_start_at_16_byte_boundaries():
+    """The Gluon kernels get x_dbl's B / C rows as a 16-byte aligned view with the same strides plus the element offset
+    back to the rows (the kernel adds it as a constant, so the compiler can prove the copies' alignment); the Triton
+    kernels get the views unchanged."""
+    for dtype, r, n in ((torch.float32, 6, 16), (torch.float32, 12, 16), (torch.bfloat16, 6, 16), (torch.float32, 2, 4)):
+        x_dbl = torch.zeros(2, 5, 4, r + 2 * n, dtype=dtype)
+        b4, c4 = x_dbl[..., r:r + n].permute(0, 2, 1, 3), x_dbl[..., r + n:].permute(0, 2, 1, 3)
+        b_rows, c_rows, kw = st._gluon_row_args(True, b4, c4)
+        size = x_dbl.element_size()
+        for view, rows, off in ((b4, b_rows, kw["B_OFF"]), (c4, c_rows, kw["C_OFF"])):
+            assert rows.data_ptr() % 16 == 0 and rows.data_ptr() + off * size == view.data_ptr()
+            assert rows.stride() == view.stride() and rows.shape == view.shape and 0 <= off < 16 // size
+        assert kw["B_OFF"] == (x_dbl.data_ptr() + r * size) % 16 // size
+    b_same, c_same, kw = st._gluon_row_args(False, b4, c4)
+    assert b_same is b4 and c_same is c4 and kw == {}
 
 
 def test_gluon_backward_only_where_it_applies(monkeypatch):
@@ -654,6 +677,8 @@ def test_bad_inputs_and_config_are_rejected():
         st.set_config(fwd_block_l=32, seg_len=48)
     with pytest.raises(ValueError, match="seg_len must be >= 0"):
         st.set_config(bwd_maxnreg=-2)
+    with pytest.raises(ValueError, match="bwd_hist_smem"):
+        st.set_config(bwd_hist_smem=2)
     with pytest.raises(NotImplementedError, match="z gate"):
         st.selective_scan_triton(*(torch.zeros(1, 2, 3),) * 2, torch.zeros(2, 1), *(torch.zeros(1, 1, 3),) * 2,
                                  z=torch.zeros(1, 2, 3))
@@ -663,21 +688,22 @@ def test_config_for_length_fills_only_the_fields_left_open():
     """bwd_block_l = 0 / seg_len = 0 / bwd_maxnreg = -1 (the defaults) are chosen per sequence length; explicit values are kept; the
     forward's saved states follow the chosen segment length."""
     default = st.ScanConfig()
-    assert (default.bwd_block_l, default.seg_len, default.bwd_maxnreg) == (0, 0, -1)
+    assert (default.bwd_block_l, default.seg_len, default.bwd_maxnreg, default.bwd_hist_smem) == (0, 0, -1, -1)
     chosen = {hw: st.config_for_length(default, hw * hw) for hw in (64, 32, 16, 8, 1)}
-    assert {hw: (c.bwd_block_l, c.seg_len, c.bwd_maxnreg) for hw, c in chosen.items()} == {
-        64: (64, 64, 0), 32: (16, 128, 168), 16: (16, 32, 168), 8: (16, 32, 0), 1: (16, 32, 0)}
+    assert {hw: (c.bwd_block_l, c.seg_len, c.bwd_maxnreg, c.bwd_hist_smem) for hw, c in chosen.items()} == {
+        64: (64, 64, 0, 0), 32: (8, 128, 168, 1), 16: (8, 32, 168, 1), 8: (8, 32, 0, 1), 1: (8, 32, 0, 1)}
     for c in chosen.values():  # every choice is a valid configuration for the default tiles
         assert c.seg_len % c.bwd_block_l == 0 and c.seg_len % c.fwd_block_l == 0
-    explicit = st.ScanConfig(bwd_block_l=16, seg_len=64, bwd_maxnreg=0)
+    explicit = st.ScanConfig(bwd_block_l=16, seg_len=64, bwd_maxnreg=0, bwd_hist_smem=0)
     assert st.config_for_length(explicit, 4096) is explicit
+    assert st.config_for_length(replace(explicit, bwd_hist_smem=-1), 32 * 32) == replace(explicit, bwd_hist_smem=1)
     # open fields follow the explicit ones: a sub-segment that divides the segment, a segment that both tiles divide
     mixed = st.config_for_length(st.ScanConfig(seg_len=48), 4096)
     assert (mixed.bwd_block_l, mixed.seg_len, mixed.bwd_maxnreg) == (16, 48, 0)
     wide = st.config_for_length(st.ScanConfig(fwd_block_l=128), 8 * 8)
-    assert (wide.bwd_block_l, wide.seg_len) == (16, 128)
+    assert (wide.bwd_block_l, wide.seg_len) == (8, 128)
     half = st.config_for_length(st.ScanConfig(seg_len=256), 32 * 32)
-    assert (half.bwd_block_l, half.seg_len, half.bwd_maxnreg) == (16, 256, 168)
+    assert (half.bwd_block_l, half.seg_len, half.bwd_maxnreg) == (8, 256, 168)
     tile = st.config_for_length(st.ScanConfig(bwd_seq=0), 4096)  # the tile backward keeps short tiles
     assert (tile.bwd_block_l, tile.seg_len) == (16, 64)
     assert st._ss2d_n_slots(64 * 64, chosen[64]) == 4096 // 64 + 1
@@ -841,12 +867,13 @@ def test_kernels_compile_for_hopper_without_a_gpu():
             fwd_loops.append(ln.strip())
         time_loop = r"loop 0x[0-9a-f]+-0x[0-9a-f]+: \d+ instructions; MUFU 16,.*"
         assert any(re.fullmatch(time_loop, ln) for ln in fwd_loops), fwd_loops
-    # 4 scan kernels (6 with the Gluon forward and backward where this Triton has Gluon), 2 softplus kernels, the dt
+    # 4 scan kernels (7 with the Gluon forward and the Gluon backward's two history places where this Triton has
+    # Gluon), 2 softplus kernels, the dt
     # backward at 2 ranks for fp32 and bf16 models and its forward at 2 ranks for bf16 ones, 2 layer-norm kernels at 2
     # widths (the wider as SS2D's fused out_norm + gate)
     try:  # the Gluon kernels are compiled where this Triton has Gluon (the interpreter here does not run them)
         import vmunet_monai.ops.ss2d_gluon_seq_kernels  # noqa: F401
-        with_gluon = 2
+        with_gluon = 3
     except (ImportError, AttributeError):
         with_gluon = 0
     assert len(lines) == 16 + with_gluon, out.stdout

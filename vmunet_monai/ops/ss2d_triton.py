@@ -130,6 +130,10 @@ class ScanConfig:
         fwd_gluon: where the sequential forward runs (``fwd_seq``), 1 = run it in Gluon (``fwd_seq_gluon_kernel``: the
             backward's 4 x 4 register tiles and rings of asynchronous copies, ``fwd_seq_block_d / 32`` warps) where it
             applies (as ``bwd_gluon``, with ``fwd_seq_warps == fwd_seq_block_d / 32``); the Triton kernel otherwise.
+        bwd_hist_smem: with the Gluon backward, 1 = keep a sub-segment's h_{t-1} history (``bwd_block_l`` x 2 KB per
+            program) in shared memory instead of program-private global scratch read back through asynchronous copies
+            (0); sub-segments longer than 32 steps keep it in global scratch. -1 = chosen per sequence length
+            (:func:`config_for_length`).
     """
 
     # Defaults from the H200 sweeps (scripts/gpu_triton_check.py, bf16, 256x256 stage shapes, batch 32;
@@ -166,6 +170,10 @@ class ScanConfig:
     # kernels, faster at all four stage shapes; the network's bf16 training step as a CUDA graph 68.0 instead of 70.0 ms
     bwd_gluon: int = 1
     fwd_gluon: int = 1
+    # the history in shared memory with 8-step sub-segments from 1024 steps down (thirteenth session, H200, bf16,
+    # batch 32): 1.90 / 0.94 / 0.41 instead of 2.26 / 1.08 / 0.46 ms per core's backward kernel at 32 x 32 / 16 x 16 /
+    # 8 x 8; at 64 x 64 the 64-step sub-segments in global scratch stay faster (see _BY_LENGTH)
+    bwd_hist_smem: int = -1
 
     def validate(self) -> "ScanConfig":
         for f in ("fwd_block_l", "fwd_block_d", "bwd_block_l", "bwd_block_d", "fwd_seq_block_d"):
@@ -178,6 +186,8 @@ class ScanConfig:
         if self.seg_len < 0 or self.bwd_maxnreg < -1:
             raise ValueError(f"ScanConfig.seg_len must be >= 0 and bwd_maxnreg >= -1, got {self.seg_len} / "
                              f"{self.bwd_maxnreg}")
+        if self.bwd_hist_smem not in (-1, 0, 1):
+            raise ValueError(f"ScanConfig.bwd_hist_smem must be -1, 0 or 1, got {self.bwd_hist_smem}")
         if self.seq_stages < 1:
             raise ValueError(f"ScanConfig.seq_stages must be >= 1, got {self.seq_stages}")
         return self
@@ -203,31 +213,37 @@ def parse_config_spec(spec: str) -> "dict[str, int]":
     return kw
 
 
-# bwd_block_l / seg_len / bwd_maxnreg per sequence length L = H * W where the configuration leaves them at 0 / 0 / -1:
-# (smallest L, bwd_block_l, seg_len, bwd_maxnreg), first match. H200 sweeps of one core's training forward + backward
+# bwd_block_l / seg_len / bwd_maxnreg / bwd_hist_smem per sequence length L = H * W where the configuration leaves them
+# at 0 / 0 / -1 / -1: (smallest L, bwd_block_l, seg_len, bwd_maxnreg, bwd_hist_smem), first match. H200 sweeps of one core's training forward + backward
 # at the four VM-UNet stage shapes, batch 32, bf16 (``python scripts/gpu_profile.py scan-configs``, docs/benchmarks.md,
 # tenth session). Long sequences have too few programs to fill the GPU (768 one-warp programs at 64 x 64), so a
 # register cap only adds instructions there, while 64-step sub-segments as long as the segments remove the
 # recomputation pass (and save half the states of 32-step segments); from 1024 steps on there are enough programs for
 # 12 rather than 8 per multiprocessor to help. 32-step segments save 4x the states of 128-step ones: the choice keeps
 # the network's bf16 training peak under 6 GiB at batch 32.
-_BY_LENGTH = ((2048, 64, 64, 0), (512, 16, 128, 168), (128, 16, 32, 168), (0, 16, 32, 0))
+# Thirteenth session (``.gpu`` sweep of the Gluon backward, same shapes): from 1024 steps down the h_{t-1} history in
+# shared memory with 8-step sub-segments (16 KB: 12 programs per multiprocessor, as the register cap), 1.90 / 0.94 /
+# 0.41 instead of 2.26 / 1.08 / 0.46 ms per core at 32 x 32 / 16 x 16 / 8 x 8; at 64 x 64 its recomputation pass costs
+# more than the global history (4.72 with 16-step sub-segments against 4.65 ms). The Triton backward, where the Gluon
+# one does not run, takes the same sub-segments (its history stays in global scratch).
+_BY_LENGTH = ((2048, 64, 64, 0, 0), (512, 8, 128, 168, 1), (128, 8, 32, 168, 1), (0, 8, 32, 0, 1))
 
 
 def config_for_length(cfg: ScanConfig, length: int) -> ScanConfig:
-    """``cfg`` with ``bwd_block_l == 0`` / ``seg_len == 0`` / ``bwd_maxnreg == -1`` replaced by the choice for sequences
-    of ``length`` steps (``_BY_LENGTH``), kept consistent with the fields set explicitly (the segment stays a
-    multiple of both tile lengths); explicit values are kept."""
-    if cfg.bwd_block_l and cfg.seg_len and cfg.bwd_maxnreg >= 0:
+    """``cfg`` with ``bwd_block_l == 0`` / ``seg_len == 0`` / ``bwd_maxnreg == -1`` / ``bwd_hist_smem == -1`` replaced by
+    the choice for sequences of ``length`` steps (``_BY_LENGTH``), kept consistent with the fields set explicitly (the
+    segment stays a multiple of both tile lengths); explicit values are kept."""
+    if cfg.bwd_block_l and cfg.seg_len and cfg.bwd_maxnreg >= 0 and cfg.bwd_hist_smem >= 0:
         return cfg
-    _, block_l, seg_len, maxnreg = next(rule for rule in _BY_LENGTH if length >= rule[0])
+    _, block_l, seg_len, maxnreg, hist_smem = next(rule for rule in _BY_LENGTH if length >= rule[0])
     # powers of two: the largest one dividing an explicit seg_len, and the largest of the tile lengths divides it
     if not cfg.bwd_seq:
         block_l = min(block_l, 16)  # the tile backward scans a whole tile at once: keep its tiles short
     block_l = cfg.bwd_block_l or (min(block_l, cfg.seg_len & -cfg.seg_len) if cfg.seg_len else block_l)
     seg_len = cfg.seg_len or max(seg_len, block_l, cfg.fwd_block_l)
     return replace(cfg, bwd_block_l=block_l, seg_len=seg_len,
-                   bwd_maxnreg=maxnreg if cfg.bwd_maxnreg < 0 else cfg.bwd_maxnreg).validate()
+                   bwd_maxnreg=maxnreg if cfg.bwd_maxnreg < 0 else cfg.bwd_maxnreg,
+                   bwd_hist_smem=hist_smem if cfg.bwd_hist_smem < 0 else cfg.bwd_hist_smem).validate()
 
 
 _CONFIG: Optional[ScanConfig] = None
@@ -387,6 +403,29 @@ def _use_gluon_forward(cfg: ScanConfig, seq: bool, softplus: bool, has_bias: boo
                 and cfg.seq_stages >= 2 and not _GLUON_FWD_FAILED[0] and _kernels()["fwd_seq_gluon"] is not None)
 
 
+def _aligned_rows(t: torch.Tensor) -> "tuple[torch.Tensor, int]":
+    """(a view of ``t``'s storage with ``t``'s strides that starts at the 16-byte boundary at or before ``t``'s first
+    element, ``t``'s offset from it in elements), or (``t``, 0) where there is no such view."""
+    size = t.element_size()
+    off = (t.data_ptr() % 16) // size
+    if t.data_ptr() % size or off > t.storage_offset():
+        return t, 0
+    return t.as_strided(t.shape, t.stride(), t.storage_offset() - off), off
+
+
+def _gluon_row_args(gluon: bool, b4: torch.Tensor, c4: torch.Tensor):
+    """(B rows, C rows, extra keyword arguments) for a scan kernel launch. The Gluon kernels take B / C from a
+    16-byte aligned base plus a constant element offset (``B_OFF`` / ``C_OFF``) and their strides as constants: in
+    x_dbl (B, L, K, R + 2N) the rows start R or R + N elements into a row of R + 2N, which Triton's specialisation
+    (16-byte aligned or not) cannot see, so without the constants the asynchronous copies would move 4 bytes each
+    instead of 8 or 16."""
+    if not gluon:
+        return b4, c4, {}
+    b_rows, b_off = _aligned_rows(b4)
+    c_rows, c_off = _aligned_rows(c4)
+    return b_rows, c_rows, {"B_OFF": b_off, "C_OFF": c_off}
+
+
 def _all_fp32(*tensors: torch.Tensor) -> bool:
     return all(t.dtype == torch.float32 for t in tensors)
 
@@ -420,10 +459,12 @@ _LAST_BWD_KERNEL: "list[str]" = [""]
 
 
 def kernel_info() -> dict:
-    """Register and spill counts of the most recently launched forward / backward kernels (GPU only)."""
+    """Register and spill counts and shared memory bytes of the most recently launched forward / backward kernels (GPU
+    only)."""
     info = {}
     for name, handle in _LAST_LAUNCH.items():
         info[name] = {k: getattr(handle, k, None) for k in ("n_regs", "n_spills")}
+        info[name]["shared"] = getattr(getattr(handle, "metadata", None), "shared", None)
     return info
 
 
@@ -468,8 +509,9 @@ def _scan_forward(u4, dl4, b4, c4, A, Dskip, bias, H, W, cross, softplus, save_s
 
     def launch(kernel):
         _LAST_FWD_KERNEL[0] = kernel.fn.__name__
+        b_rows, c_rows, gluon_kw = _gluon_row_args(kernel is _kernels()["fwd_seq_gluon"], b4, c4)
         return kernel[grid](
-            u4, dl4, b4, c4, A,
+            u4, dl4, b_rows, c_rows, A,
             Dskip if Dskip is not None else dummy, bias if bias is not None else dummy,
             y4, states,
             L, H, W, DM, nslot,
@@ -477,11 +519,16 @@ def _scan_forward(u4, dl4, b4, c4, A, Dskip, bias, H, W, cross, softplus, save_s
             K=K, N=N, NP=_next_pow2(N),
             BLOCK_L=cfg.fwd_block_l, BLOCK_D=block_d, CPS=cps,
             CROSS=cross, SOFTPLUS=softplus, HAS_D=Dskip is not None, HAS_BIAS=bias is not None,
-            SAVE_STATES=save_states, num_warps=warps, **({"STAGES": cfg.seq_stages} if seq else {}),
+            SAVE_STATES=save_states, num_warps=warps, **({"STAGES": cfg.seq_stages} if seq else {}), **gluon_kw,
         )
 
     _LAST_LAUNCH["fwd"] = _launch_or_fall_back(launch, fwd_kernel, use_gluon, _GLUON_FWD_FAILED, "forward", "fwd_seq")
     return y4_store, states
+
+
+# the longest sub-segment whose history the Gluon backward keeps in shared memory (64 KB; longer ones stay in global
+# scratch: 128 KB would leave one program per multiprocessor, 256 KB do not fit)
+_HIST_SMEM_MAX_STEPS = 32
 
 
 def _scan_backward(u4, dl4, b4, c4, A, Dskip, bias, dy4, states, du4, H, W, cross, softplus, cfg, fwd_cfg,
@@ -510,11 +557,14 @@ def _scan_backward(u4, dl4, b4, c4, A, Dskip, bias, dy4, states, du4, H, W, cros
     dc_part = torch.empty((n_dblk, Bsz, K, L, N), device=dev, dtype=part_dtype)
     da_part = torch.empty((Bsz, K * DM, N), device=dev, dtype=torch.float32)
     dd_part = torch.empty((Bsz, K * DM), device=dev, dtype=torch.float32)
-    # program-private scratch: tile kernel, the states at the tile starts of a segment; sequential kernel,
-    # those plus the states of every step of one sub-segment
-    per_program = (cps + cfg.bwd_block_l) if cfg.bwd_seq else (cps if cps > 1 else 0)
-    scratch = torch.empty((max(1, Bsz * K * n_dblk * per_program * cfg.bwd_block_d * NP),),
-                          device=dev, dtype=torch.float32)
+
+    def scratch_for(hist_smem: bool):
+        # program-private scratch: tile kernel, the states at the tile starts of a segment; sequential kernel,
+        # those plus (unless it is in shared memory) the states of every step of one sub-segment
+        per_program = (cps + (0 if hist_smem else cfg.bwd_block_l)) if cfg.bwd_seq else (cps if cps > 1 else 0)
+        return torch.empty((max(1, Bsz * K * n_dblk * per_program * cfg.bwd_block_d * NP),), device=dev,
+                           dtype=torch.float32)
+
     seq_kw = {"STAGES": cfg.seq_stages} if cfg.bwd_seq else {"REV_FLIP": bool(cfg.bwd_rev_flip)}
     if cfg.bwd_seq and cfg.bwd_maxnreg:
         seq_kw["maxnreg"] = cfg.bwd_maxnreg
@@ -523,8 +573,14 @@ def _scan_backward(u4, dl4, b4, c4, A, Dskip, bias, dy4, states, du4, H, W, cros
 
     def launch(kernel):
         _LAST_BWD_KERNEL[0] = kernel.fn.__name__
+        gluon = kernel is _kernels()["bwd_seq_gluon"]
+        hist_smem = bool(gluon and cfg.bwd_hist_smem == 1 and cfg.bwd_block_l <= _HIST_SMEM_MAX_STEPS)
+        b_rows, c_rows, gluon_kw = _gluon_row_args(gluon, b4, c4)
+        if gluon:
+            gluon_kw["HIST_SMEM"] = hist_smem
+        scratch = scratch_for(hist_smem)
         return kernel[grid](
-            u4, dl4, b4, c4, A, Dskip if Dskip is not None else dummy, bias if bias is not None else dummy,
+            u4, dl4, b_rows, c_rows, A, Dskip if Dskip is not None else dummy, bias if bias is not None else dummy,
             dy4, states, scratch, du4, ddl4, db_part, dc_part, da_part, dd_part,
             L, H, W, DM, nslot,
             *u4.stride(), *dl4.stride(), *b4.stride(), *c4.stride(), *dy4.stride(), *du4.stride(),
@@ -532,7 +588,7 @@ def _scan_backward(u4, dl4, b4, c4, A, Dskip, bias, dy4, states, du4, H, W, cros
             K=K, N=N, NP=NP,
             BLOCK_L=cfg.bwd_block_l, BLOCK_D=cfg.bwd_block_d, CPS=cps,
             CROSS=cross, SOFTPLUS=softplus, HAS_D=Dskip is not None, HAS_BIAS=bias is not None,
-            num_warps=cfg.bwd_warps, **seq_kw,
+            num_warps=cfg.bwd_warps, **seq_kw, **gluon_kw,
         )
 
     _LAST_LAUNCH["bwd"] = _launch_or_fall_back(launch, bwd_kernel, use_gluon, _GLUON_FAILED, "backward", "bwd_seq")
