@@ -19,6 +19,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -155,10 +156,10 @@ def main() -> None:
                              BLOCK_D=cfg.fwd_seq_block_d, CPS=fwd_cps, SAVE_STATES=True, STAGES=cfg.seq_stages,
                              **rows)))
     gluon_bwd = st._gluon_kernel("bwd_seq_gluon_kernel")
-    if gluon_bwd is not None:  # the Gluon backward (ScanConfig.bwd_gluon), with a 16-bit model's gradients: the
-        # stage-1 choice (history in global scratch) and the choice from 1024 steps down (history in shared memory)
-        smem_cfg = st.config_for_length(st.get_config(), 32 * 32)
-        for tag, c in (("", cfg), (", history in shared memory", smem_cfg)):
+    if gluon_bwd is not None:  # the Gluon backward (ScanConfig.bwd_gluon), with a 16-bit model's gradients, its
+        # h_{t-1} history in global scratch and (the default) in shared memory
+        for tag, c in ((", history in global scratch", replace(cfg, bwd_hist_smem=0)),
+                       (", history in shared memory", replace(cfg, bwd_hist_smem=1))):
             kernels.append((f"bwd_seq_gluon_kernel{tag}", gluon_bwd, 1,
                             dict(common, SOFTPLUS=False, HAS_BIAS=False, BLOCK_L=c.bwd_block_l, BLOCK_D=32,
                                  CPS=cfg.seg_len // c.bwd_block_l, STAGES=cfg.seq_stages,

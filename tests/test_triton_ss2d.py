@@ -408,7 +408,7 @@ def test_backward_with_vanishing_decays_matches_reference(bwd_seq):
 def test_sequential_backward_matches_reference(seg_len, bwd_block_l, maxnreg):
     """bwd_seq=1 (one time step per iteration, states of a sub-segment in scratch) against the reference:
     several segments and sub-segments with a partial last one, no recomputation pass (seg_len == bwd_block_l; on
-    the GPU also with 64-step sub-segments, the default at 64 x 64),
+    the GPU also with 64-step sub-segments),
     two sub-segments per segment (the recomputation pass stops before the last one), a register cap (``maxnreg``,
     compiled on the GPU), a masked channel block (the plain selective scan:
     test_selective_scan_matches_reference_layouts_and_options)."""
@@ -691,7 +691,7 @@ def test_config_for_length_fills_only_the_fields_left_open():
     assert (default.bwd_block_l, default.seg_len, default.bwd_maxnreg, default.bwd_hist_smem) == (0, 0, -1, -1)
     chosen = {hw: st.config_for_length(default, hw * hw) for hw in (64, 32, 16, 8, 1)}
     assert {hw: (c.bwd_block_l, c.seg_len, c.bwd_maxnreg, c.bwd_hist_smem) for hw, c in chosen.items()} == {
-        64: (64, 64, 0, 0), 32: (8, 128, 168, 1), 16: (8, 32, 168, 1), 8: (8, 32, 0, 1), 1: (8, 32, 0, 1)}
+        64: (16, 64, 0, 1), 32: (8, 128, 168, 1), 16: (8, 32, 168, 1), 8: (8, 32, 0, 1), 1: (8, 32, 0, 1)}
     for c in chosen.values():  # every choice is a valid configuration for the default tiles
         assert c.seg_len % c.bwd_block_l == 0 and c.seg_len % c.fwd_block_l == 0
     explicit = st.ScanConfig(bwd_block_l=16, seg_len=64, bwd_maxnreg=0, bwd_hist_smem=0)

@@ -170,9 +170,9 @@ class ScanConfig:
     # kernels, faster at all four stage shapes; the network's bf16 training step as a CUDA graph 68.0 instead of 70.0 ms
     bwd_gluon: int = 1
     fwd_gluon: int = 1
-    # the history in shared memory with 8-step sub-segments from 1024 steps down (thirteenth session, H200, bf16,
+    # the history in shared memory, with 8-step sub-segments from 1024 steps down (thirteenth session, H200, bf16,
     # batch 32): 1.90 / 0.94 / 0.41 instead of 2.26 / 1.08 / 0.46 ms per core's backward kernel at 32 x 32 / 16 x 16 /
-    # 8 x 8; at 64 x 64 the 64-step sub-segments in global scratch stay faster (see _BY_LENGTH)
+    # 8 x 8; 16-step sub-segments at 64 x 64 (see _BY_LENGTH)
     bwd_hist_smem: int = -1
 
     def validate(self) -> "ScanConfig":
@@ -221,12 +221,13 @@ def parse_config_spec(spec: str) -> "dict[str, int]":
 # recomputation pass (and save half the states of 32-step segments); from 1024 steps on there are enough programs for
 # 12 rather than 8 per multiprocessor to help. 32-step segments save 4x the states of 128-step ones: the choice keeps
 # the network's bf16 training peak under 6 GiB at batch 32.
-# Thirteenth session (``.gpu`` sweep of the Gluon backward, same shapes): from 1024 steps down the h_{t-1} history in
-# shared memory with 8-step sub-segments (16 KB: 12 programs per multiprocessor, as the register cap), 1.90 / 0.94 /
-# 0.41 instead of 2.26 / 1.08 / 0.46 ms per core at 32 x 32 / 16 x 16 / 8 x 8; at 64 x 64 its recomputation pass costs
-# more than the global history (4.72 with 16-step sub-segments against 4.65 ms). The Triton backward, where the Gluon
-# one does not run, takes the same sub-segments (its history stays in global scratch).
-_BY_LENGTH = ((2048, 64, 64, 0, 0), (512, 8, 128, 168, 1), (128, 8, 32, 168, 1), (0, 8, 32, 0, 1))
+# Thirteenth session (``.gpu`` sweeps of the Gluon backward, same shapes): the h_{t-1} history in shared memory, with
+# 8-step sub-segments from 1024 steps down (16 KB: 12 programs per multiprocessor, as the register cap): 1.90 / 0.94 /
+# 0.41 instead of 2.26 / 1.08 / 0.46 ms per core at 32 x 32 / 16 x 16 / 8 x 8; at 64 x 64 with 16-step sub-segments
+# (32 KB; 768 programs, about 6 per multiprocessor) 4.31 instead of 4.47 ms for 64-step ones in global scratch (with
+# the aligned B / C rows; 32-step segments would give 4.10 but save twice the states). The Triton backward, where the
+# Gluon one does not run, takes the same sub-segments (its history stays in global scratch).
+_BY_LENGTH = ((2048, 16, 64, 0, 1), (512, 8, 128, 168, 1), (128, 8, 32, 168, 1), (0, 8, 32, 0, 1))
 
 
 def config_for_length(cfg: ScanConfig, length: int) -> ScanConfig:
