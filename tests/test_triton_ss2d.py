@@ -466,7 +466,8 @@ def test_gluon_row_arguments_start_at_16_byte_boundaries():
     """The Gluon kernels get x_dbl's B / C rows as a 16-byte aligned view with the same strides plus the element offset
     back to the rows (the kernel adds it as a constant, so the compiler can prove the copies' alignment); the Triton
     kernels get the views unchanged."""
-    for dtype, r, n in ((torch.float32, 6, 16), (torch.float32, 12, 16), (torch.bfloat16, 6, 16), (torch.float32, 2, 4)):
+    cases = ((torch.float32, 6, 16), (torch.float32, 12, 16), (torch.bfloat16, 6, 16), (torch.float32, 2, 4))
+    for dtype, r, n in cases:
         x_dbl = torch.zeros(2, 5, 4, r + 2 * n, dtype=dtype)
         b4, c4 = x_dbl[..., r:r + n].permute(0, 2, 1, 3), x_dbl[..., r + n:].permute(0, 2, 1, 3)
         b_rows, c_rows, kw = st._gluon_row_args(True, b4, c4)

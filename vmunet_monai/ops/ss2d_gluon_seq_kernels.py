@@ -28,10 +28,10 @@ was 30% slower than the Triton kernel (the loads' latency showed): the asynchron
 Both kernels take the B / C rows' strides as constants and the rows from a 16-byte aligned base plus a constant offset
 (``B_OFF`` / ``C_OFF``; ``ss2d_triton._gluon_row_args``): in x_dbl (B, L, K, R + 2N) the rows start R or R + N elements
 into rows of R + 2N, and with runtime strides the compiler could only prove 4-byte alignment, so each row took four
-4-byte copies per thread; now two 8-byte (R = 6) or one 16-byte copy. With ``HIST_SMEM`` the backward keeps a sub-segment's
-h_{t-1} history in shared memory (``bwd_block_l`` x 2 KB) instead of global scratch. Measured on the H200 (thirteenth
-session, bf16, batch 32): the backward kernels of the 15 cores 24.3 instead of 29.2 ms, the forward's 6.95 instead of
-7.34 ms.
+4-byte copies per thread; now two 8-byte (R = 6) or one 16-byte copy. With ``HIST_SMEM`` the backward keeps a
+sub-segment's h_{t-1} history in shared memory (``bwd_block_l`` x 2 KB) instead of global scratch. Measured on the H200
+(thirteenth session, bf16, batch 32): the backward kernels of the 15 cores 24.3 instead of 29.2 ms, the forward's 6.95
+instead of 7.34 ms.
 """
 
 from triton.experimental import gluon

@@ -214,9 +214,9 @@ def parse_config_spec(spec: str) -> "dict[str, int]":
 
 
 # bwd_block_l / seg_len / bwd_maxnreg / bwd_hist_smem per sequence length L = H * W where the configuration leaves them
-# at 0 / 0 / -1 / -1: (smallest L, bwd_block_l, seg_len, bwd_maxnreg, bwd_hist_smem), first match. H200 sweeps of one core's training forward + backward
-# at the four VM-UNet stage shapes, batch 32, bf16 (``python scripts/gpu_profile.py scan-configs``, docs/benchmarks.md,
-# tenth session). Long sequences have too few programs to fill the GPU (768 one-warp programs at 64 x 64), so a
+# at 0 / 0 / -1 / -1: (smallest L, bwd_block_l, seg_len, bwd_maxnreg, bwd_hist_smem), first match. H200 sweeps of one
+# core's training forward + backward at the four VM-UNet stage shapes, batch 32, bf16 (``python scripts/gpu_profile.py
+# scan-configs``, docs/benchmarks.md, tenth session). Long sequences have too few programs to fill the GPU (768 one-warp programs at 64 x 64), so a
 # register cap only adds instructions there, while 64-step sub-segments as long as the segments remove the
 # recomputation pass (and save half the states of 32-step segments); from 1024 steps on there are enough programs for
 # 12 rather than 8 per multiprocessor to help. 32-step segments save 4x the states of 128-step ones: the choice keeps
@@ -231,9 +231,9 @@ _BY_LENGTH = ((2048, 16, 64, 0, 1), (512, 8, 128, 168, 1), (128, 8, 32, 168, 1),
 
 
 def config_for_length(cfg: ScanConfig, length: int) -> ScanConfig:
-    """``cfg`` with ``bwd_block_l == 0`` / ``seg_len == 0`` / ``bwd_maxnreg == -1`` / ``bwd_hist_smem == -1`` replaced by
-    the choice for sequences of ``length`` steps (``_BY_LENGTH``), kept consistent with the fields set explicitly (the
-    segment stays a multiple of both tile lengths); explicit values are kept."""
+    """``cfg`` with ``bwd_block_l == 0`` / ``seg_len == 0`` / ``bwd_maxnreg == -1`` / ``bwd_hist_smem == -1``
+    replaced by the choice for sequences of ``length`` steps (``_BY_LENGTH``), kept consistent with the fields set
+    explicitly (the segment stays a multiple of both tile lengths); explicit values are kept."""
     if cfg.bwd_block_l and cfg.seg_len and cfg.bwd_maxnreg >= 0 and cfg.bwd_hist_smem >= 0:
         return cfg
     _, block_l, seg_len, maxnreg, hist_smem = next(rule for rule in _BY_LENGTH if length >= rule[0])
@@ -558,14 +558,6 @@ def _scan_backward(u4, dl4, b4, c4, A, Dskip, bias, dy4, states, du4, H, W, cros
     dc_part = torch.empty((n_dblk, Bsz, K, L, N), device=dev, dtype=part_dtype)
     da_part = torch.empty((Bsz, K * DM, N), device=dev, dtype=torch.float32)
     dd_part = torch.empty((Bsz, K * DM), device=dev, dtype=torch.float32)
-
-    def scratch_for(hist_smem: bool):
-        # program-private scratch: tile kernel, the states at the tile starts of a segment; sequential kernel,
-        # those plus (unless it is in shared memory) the states of every step of one sub-segment
-        per_program = (cps + (0 if hist_smem else cfg.bwd_block_l)) if cfg.bwd_seq else (cps if cps > 1 else 0)
-        return torch.empty((max(1, Bsz * K * n_dblk * per_program * cfg.bwd_block_d * NP),), device=dev,
-                           dtype=torch.float32)
-
     seq_kw = {"STAGES": cfg.seq_stages} if cfg.bwd_seq else {"REV_FLIP": bool(cfg.bwd_rev_flip)}
     if cfg.bwd_seq and cfg.bwd_maxnreg:
         seq_kw["maxnreg"] = cfg.bwd_maxnreg
@@ -579,7 +571,11 @@ def _scan_backward(u4, dl4, b4, c4, A, Dskip, bias, dy4, states, du4, H, W, cros
         b_rows, c_rows, gluon_kw = _gluon_row_args(gluon, b4, c4)
         if gluon:
             gluon_kw["HIST_SMEM"] = hist_smem
-        scratch = scratch_for(hist_smem)
+        # program-private scratch: tile kernel, the states at the tile starts of a segment; sequential kernel, those
+        # plus (unless it is in shared memory) the states of every step of one sub-segment
+        per_program = (cps + (0 if hist_smem else cfg.bwd_block_l)) if cfg.bwd_seq else (cps if cps > 1 else 0)
+        scratch = torch.empty((max(1, Bsz * K * n_dblk * per_program * cfg.bwd_block_d * NP),), device=dev,
+                              dtype=torch.float32)
         return kernel[grid](
             u4, dl4, b_rows, c_rows, A, Dskip if Dskip is not None else dummy, bias if bias is not None else dummy,
             dy4, states, scratch, du4, ddl4, db_part, dc_part, da_part, dd_part,

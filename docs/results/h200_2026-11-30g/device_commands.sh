@@ -39,6 +39,12 @@ setup
 python3 scripts/compare_backend_training.py --data_dir .gpu/isic600 --backends triton mamba_ssm --steps 200 --amp bf16 --json n6_backend_loss_curves.json
 python3 scripts/benchmark.py --device cuda --backends triton --no-scans --cuda-graph --repeats 20 --dtype fp32 --json n6_bench_fp32.json
 
+# Call 7 (n7.sh), the final code with the review's refactor (no kernel change) -> n7_bundle_bf16_graph_history.json,
+# n7_bundle_bf16_graph_run_tail.log: the ISIC bundle's training, bf16, CUDA-graph step (the tenth session's command)
+python3 -m vmunet_monai.cli prepare-isic --src .gpu/isic600 --out /root/isic --test_fraction 0 --val_fraction 0.15
+python3 -c "import json; p='/root/isic/datalist.json'; d=json.load(open(p)); d['training']=d['training']*4; json.dump(d,open(p,'w'))"
+cd /root/b1 && python3 -m monai.bundle run training --config_file configs/train.json --dataset_dir /root/isic --epochs 4 --batch_size 32 --val_interval 4 --num_workers 14 --log_interval 16 --scan_backend triton --validate_data False --amp True
+
 # .gpu/s/n1_diag.py: for each stage shape (scripts/gpu_profile.py make_inputs, batch 32) and each variant (ScanConfig
 # fields and / or knock-out names from .gpu/s/n_ko.py), 3 warm-up steps of one core's bf16 training forward + backward
 # (ss2d_scan_triton under autocast, loss = mean(y^2)), the gradients' largest difference to the first variant's
